@@ -1,0 +1,69 @@
+"""`concurrency-service`: run the server and manage signing keys."""
+
+import argparse
+import os
+import sys
+
+from keys.keyring import Keyring
+from keys.store import ALGORITHMS, KeyStore, KeyStoreError
+
+from .config import Config, ConfigError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="concurrency-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument(
+        "--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)"
+    )
+    serve.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes"
+    )
+    serve.add_argument("--threads", type=int, default=1, help="threads per worker")
+    serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
+    serve.set_defaults(run=_serve)
+
+    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
+        dest="keys", required=True
+    )
+    generate = keys.add_parser(
+        "generate", help="make a new signing key and print its kid"
+    )
+    generate.add_argument("--dir", help="key directory (CONCURRENCY_KEYS_DIR)")
+    generate.add_argument("--alg", default="ES256", choices=ALGORITHMS)
+    generate.set_defaults(run=_keys_generate)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (ConfigError, KeyStoreError) as exc:
+        print(f"concurrency-service: {exc}", file=sys.stderr)
+        return 2
+
+
+def _keys_dir(value):
+    return value or Config.from_env().keys_dir
+
+
+def _keys_generate(args):
+    kid = KeyStore(_keys_dir(args.dir)).generate(args.alg)
+    print(kid)
+
+
+def _serve(args):
+    if args.keys_dir:
+        os.environ["CONCURRENCY_KEYS_DIR"] = args.keys_dir
+    config = Config.from_env()
+    keyring = Keyring.from_dir(config.keys_dir)
+    if keyring.current.signing is None:
+        print(
+            f"concurrency-service: no active signing key in {config.keys_dir!r}.\n"
+            f"Make one with:  concurrency-service keys generate --dir {config.keys_dir}",
+            file=sys.stderr,
+        )
+        return 2
+    from .server import run_gunicorn
+
+    run_gunicorn(args.bind, args.workers, args.threads)

@@ -1,0 +1,56 @@
+"""Reading and checking request input: every problem becomes a 4xx naming it."""
+
+import json
+
+from .errors import BadRequest, InvalidToken, PayloadTooLarge
+
+
+def read_json(req, max_bytes):
+    """Return the request body as a JSON object, at most `max_bytes` long."""
+    if req.content_length is not None and req.content_length > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    if not raw:
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def require_strings(body, limits):
+    """Return the fields named in `limits`, each a non-empty string no longer than its limit; no others."""
+    unknown = sorted(set(body) - set(limits))
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
+    values = []
+    for name, max_chars in limits.items():
+        value = body.get(name)
+        if value is None:
+            raise BadRequest(f"field {name!r} is required", field=name)
+        if not isinstance(value, str):
+            raise BadRequest(f"field {name!r} must be a string", field=name)
+        if not value:
+            raise BadRequest(f"field {name!r} must not be empty", field=name)
+        if len(value) > max_chars:
+            raise BadRequest(
+                f"field {name!r} is longer than {max_chars} characters", field=name
+            )
+        values.append(value)
+    return values
+
+
+def bearer_token(req):
+    """Return the token of an `Authorization: Bearer` header."""
+    header = req.get_header("Authorization")
+    if not header:
+        raise InvalidToken("Authorization: Bearer <session token> is required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise InvalidToken("Authorization header must be 'Bearer <session token>'")
+    return token.strip()

@@ -1,0 +1,150 @@
+"""HTTP resources: small nouns that parse input, call the domain and shape the answer."""
+
+import falcon
+
+from keys.tokens import MAX_TOKEN_CHARS
+
+from .errors import BadRequest
+from .requests import bearer_token, read_json, require_strings
+
+
+class LegacyConcurrency:
+    """`/concurrency`: the seed's contract, kept field for field."""
+
+    def __init__(self, concurrency, config):
+        self._concurrency = concurrency
+        self._config = config
+        self._start_fields = _start_fields(config)
+        self._session_fields = {
+            "sessionKey": config.max_id_chars,
+            "token": MAX_TOKEN_CHARS,
+        }
+
+    def on_post(self, req, resp):
+        user, device, stream = self._fields(req, self._start_fields)
+        admission, token = self._concurrency.start(user, device, stream)
+        resp.media = {
+            "sessionKey": admission.session.sid,
+            "token": token,
+            "status": admission.status,
+        }
+
+    def on_put(self, req, resp):
+        sid, token = self._fields(req, self._session_fields)
+        session, fresh = self._concurrency.heartbeat(token, sid)
+        resp.media = {"sessionKey": session.sid, "token": fresh, "status": "updated"}
+
+    def on_delete(self, req, resp):
+        sid, token = self._fields(req, self._session_fields)
+        self._concurrency.stop(token, sid)
+        resp.status = falcon.HTTP_204
+
+    def _fields(self, req, limits):
+        return require_strings(read_json(req, self._config.max_body_bytes), limits)
+
+
+class Sessions:
+    """`/v1/sessions`: start a session."""
+
+    def __init__(self, concurrency, config):
+        self._concurrency = concurrency
+        self._config = config
+
+    def on_post(self, req, resp):
+        body = read_json(req, self._config.max_body_bytes)
+        user, device, stream = require_strings(body, _start_fields(self._config))
+        admission, token = self._concurrency.start(user, device, stream)
+        sid = admission.session.sid
+        if admission.status == "initiated":
+            resp.status = falcon.HTTP_201
+            resp.location = f"/v1/sessions/{sid}"
+        resp.media = _session_body(sid, token, admission.status, self._config)
+
+
+class Session:
+    """`/v1/sessions/{sessionId}`: heartbeat and stop, with the session token as Bearer."""
+
+    def __init__(self, concurrency, config):
+        self._concurrency = concurrency
+        self._config = config
+
+    def on_put(self, req, resp, session_id):
+        _check_id(session_id, self._config)
+        session, token = self._concurrency.heartbeat(bearer_token(req), session_id)
+        resp.media = _session_body(session.sid, token, "updated", self._config)
+
+    def on_delete(self, req, resp, session_id):
+        _check_id(session_id, self._config)
+        self._concurrency.stop(bearer_token(req), session_id)
+        resp.status = falcon.HTTP_204
+
+
+class Jwks:
+    """`/.well-known/jwks.json`: the public keys that verify our tokens, cacheable."""
+
+    def __init__(self, keyring, max_age_s):
+        self._keyring = keyring
+        self._cache_control = f"public, max-age={max_age_s}"
+
+    def on_get(self, req, resp):
+        keys = self._keyring.current
+        resp.cache_control = [self._cache_control]
+        resp.etag = keys.etag
+        if req.if_none_match and any(tag == keys.etag for tag in req.if_none_match):
+            resp.status = falcon.HTTP_304
+            return
+        resp.content_type = "application/jwk-set+json"
+        resp.data = keys.jwks_body
+
+
+class Health:
+    """`/health` and `/healthz`: the process answers."""
+
+    def on_get(self, req, resp):
+        resp.media = {"status": "ok"}
+
+
+class Ready:
+    """`/readyz`: Redis answers and a signing key is loaded."""
+
+    def __init__(self, store, keyring):
+        self._store = store
+        self._keyring = keyring
+
+    def on_get(self, req, resp):
+        checks = {
+            "redis": self._store.ping(),
+            "keys": self._keyring.current.signing is not None,
+        }
+        ready = all(checks.values())
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        resp.media = {"status": "ready" if ready else "not ready", "checks": checks}
+
+
+class OpenApi:
+    """`/openapi.yaml`: the contract this service follows."""
+
+    def __init__(self, document):
+        self._document = document
+
+    def on_get(self, req, resp):
+        resp.content_type = "application/yaml"
+        resp.data = self._document
+
+
+def _start_fields(config):
+    return dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
+
+
+def _session_body(sid, token, status, config):
+    return {
+        "sessionId": sid,
+        "token": token,
+        "status": status,
+        "expiresIn": config.session_ttl_s,
+    }
+
+
+def _check_id(value, config):
+    if len(value) > config.max_id_chars:
+        raise BadRequest(f"session id is longer than {config.max_id_chars} characters")

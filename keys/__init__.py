@@ -1,0 +1,1 @@
+"""Signing keys: key store, rotation, JWKS, token signing and verification."""
