@@ -1,4 +1,4 @@
-"""Wiring: `create_app` builds the WSGI app from its parts; `get_app` builds the parts from the environment."""
+"""Wiring: `create_app` builds the app from its parts; `get_app` builds the parts from the environment."""
 
 import functools
 import http
@@ -29,9 +29,7 @@ def create_app(config, store, keyring):
     app = falcon.App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_http_error)
-    app.add_error_handler(
-        ServiceError, functools.partial(_handle_service_error, config.retry_after_s)
-    )
+    app.add_error_handler(ServiceError, functools.partial(_handle_service_error, config.retry_after_s))
     app.add_error_handler(Exception, _handle_unexpected)
 
     health = resources.Health()
@@ -41,9 +39,7 @@ def create_app(config, store, keyring):
     app.add_route("/concurrency", resources.LegacyConcurrency(concurrency, config))
     app.add_route("/v1/sessions", resources.Sessions(concurrency, config))
     app.add_route("/v1/sessions/{session_id}", resources.Session(concurrency, config))
-    app.add_route(
-        "/.well-known/jwks.json", resources.Jwks(keyring, config.jwks_max_age_s)
-    )
+    app.add_route("/.well-known/jwks.json", resources.Jwks(keyring, config.jwks_max_age_s))
     app.add_route("/openapi.yaml", resources.OpenApi(OPENAPI_PATH.read_bytes()))
     return app
 
@@ -53,7 +49,7 @@ def get_app(environ=None):
     config = Config.from_env() if environ is None else Config.from_env(environ)
     store = RedisStore(connect(config), config.buckets)
     keyring = Keyring.from_dir(config.keys_dir)
-    keyring.signing_key  # fail at boot, not on the first request, when no key is active
+    _ = keyring.signing_key  # fail at boot, not on the first request, when no key is active
     return create_app(config, store, keyring)
 
 

@@ -15,22 +15,14 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the HTTP service")
-    serve.add_argument(
-        "--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)"
-    )
-    serve.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes"
-    )
+    serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     serve.add_argument("--threads", type=int, default=1, help="threads per worker")
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(
-        dest="keys", required=True
-    )
-    generate = keys.add_parser(
-        "generate", help="make a new signing key and print its kid"
-    )
+    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(dest="keys", required=True)
+    generate = keys.add_parser("generate", help="make a new signing key and print its kid")
     generate.add_argument("--dir", help="key directory (CONCURRENCY_KEYS_DIR)")
     generate.add_argument("--alg", default="ES256", choices=ALGORITHMS)
     generate.set_defaults(run=_keys_generate)
@@ -67,3 +59,7 @@ def _serve(args):
     from .server import run_gunicorn
 
     run_gunicorn(args.bind, args.workers, args.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,9 +15,7 @@ class Concurrency:
 
     def start(self, user, device, stream):
         """Return (admission, token) for a new or renewed session; raise LimitReached at the limit."""
-        admission = self._store.admit(
-            user, device, stream, self._max_streams, self._ttl_s * 1000
-        )
+        admission = self._store.admit(user, device, stream, self._max_streams, self._ttl_s * 1000)
         return admission, self._sign(admission.session, admission.now_ms)
 
     def heartbeat(self, token, sid):

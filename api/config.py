@@ -39,9 +39,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
         if self.redis_mode not in ("standalone", "cluster"):
-            raise ConfigError(
-                f"{ENV_PREFIX}REDIS_MODE must be 'standalone' or 'cluster'"
-            )
+            raise ConfigError(f"{ENV_PREFIX}REDIS_MODE must be 'standalone' or 'cluster'")
 
     @classmethod
     def from_env(cls, environ=os.environ, **overrides):

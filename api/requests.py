@@ -38,9 +38,7 @@ def require_strings(body, limits):
         if not value:
             raise BadRequest(f"field {name!r} must not be empty", field=name)
         if len(value) > max_chars:
-            raise BadRequest(
-                f"field {name!r} is longer than {max_chars} characters", field=name
-            )
+            raise BadRequest(f"field {name!r} is longer than {max_chars} characters", field=name)
         values.append(value)
     return values
 

@@ -31,6 +31,9 @@ local function parse(v)
   local exp, start, user, device, stream = string.match(v, '^(%w+)|(%w+)|([^|]*)|([^|]*)|(.*)$')
   return tonumber(exp, 36), start, user, device, stream
 end
+local function pack(exp, start, user, device, stream)
+  return b36(exp) .. '|' .. start .. '|' .. user .. '|' .. device .. '|' .. stream
+end
 local function keep_until(key, ttl)
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
@@ -54,7 +57,7 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', key, sid)
   elseif u == user then
     if d == device and s == stream then
-      redis.call('HSET', key, sid, b36(now + ttl) .. '|' .. start .. '|' .. u .. '|' .. d .. '|' .. s)
+      redis.call('HSET', key, sid, pack(now + ttl, start, u, d, s))
       keep_until(key, ttl)
       return {'updated', sid, now}
     end
@@ -64,8 +67,7 @@ end
 if #holders / 4 >= limit then
   return {'limit', now, unpack(holders)}
 end
-local stamp = b36(now)
-redis.call('HSET', key, ARGV[4], b36(now + ttl) .. '|' .. stamp .. '|' .. user .. '|' .. device .. '|' .. stream)
+redis.call('HSET', key, ARGV[4], pack(now + ttl, b36(now), user, device, stream))
 keep_until(key, ttl)
 return {'initiated', ARGV[4], now}
 """
@@ -86,7 +88,7 @@ if exp <= now then
   return {'gone', now}
 end
 local ttl = tonumber(ARGV[3])
-redis.call('HSET', key, sid, b36(now + ttl) .. '|' .. start .. '|' .. u .. '|' .. d .. '|' .. s)
+redis.call('HSET', key, sid, pack(now + ttl, start, u, d, s))
 keep_until(key, ttl)
 return {'updated', now}
 """

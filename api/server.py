@@ -20,7 +20,7 @@ class _Gunicorn(BaseApplication):
 
 def run_gunicorn(bind, workers, threads):
     options = {"bind": bind, "workers": workers, "threads": threads, "accesslog": None}
-    options["no_control_socket"] = True  # gunicorn >= 25 opens one in $HOME otherwise
+    options["control_socket_disable"] = True  # gunicorn >= 25 opens one in $HOME otherwise
     if threads > 1:
         options["worker_class"] = "gthread"
     _Gunicorn(options).run()

@@ -48,17 +48,15 @@ class Admission:
 
 def connect(config):
     """Return a redis-py client whose calls fail within the configured timeout."""
-    options = dict(
-        socket_timeout=config.redis_timeout_s,
-        socket_connect_timeout=config.redis_timeout_s,
-        retry=Retry(NoBackoff(), 1),
-    )
+    options = {
+        "socket_timeout": config.redis_timeout_s,
+        "socket_connect_timeout": config.redis_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+    }
     if config.redis_mode == "cluster":
         from redis.cluster import RedisCluster
 
-        return RedisCluster.from_url(
-            config.redis_url, cluster_error_retry_attempts=1, **options
-        )
+        return RedisCluster.from_url(config.redis_url, cluster_error_retry_attempts=1, **options)
     return redis.Redis.from_url(config.redis_url, **options)
 
 
@@ -100,20 +98,14 @@ class RedisStore:
 
     def refresh(self, session, ttl_ms):
         """Extend a live session; raise SessionGone if it ended or expired. Return server ms."""
-        reply = self._call(
-            self._refresh, session.user, (session.sid, escape(session.user), ttl_ms)
-        )
+        reply = self._call(self._refresh, session.user, (session.sid, escape(session.user), ttl_ms))
         if reply[0] == b"gone":
-            raise SessionGone(
-                "session has ended or expired; stop playback", reason="ended"
-            )
+            raise SessionGone("session has ended or expired; stop playback", reason="ended")
         return int(reply[1])
 
     def release(self, session):
         """End a session at once; return whether it was live."""
-        return bool(
-            self._call(self._release, session.user, (session.sid, escape(session.user)))
-        )
+        return bool(self._call(self._release, session.user, (session.sid, escape(session.user))))
 
     def ping(self):
         try:
@@ -126,9 +118,7 @@ class RedisStore:
             return script(keys=[self.bucket_key(user)], args=args)
         except (RedisError, RedisClusterException) as exc:
             log.warning("redis unavailable: %s", exc)
-            raise StoreUnavailable(
-                "session store is unavailable; retry shortly"
-            ) from None
+            raise StoreUnavailable("session store is unavailable; retry shortly") from None
 
 
 def _holders(flat):

@@ -24,9 +24,7 @@ class KeySet:
         active = [k for k in keys if k.state == "active"]
         self.signing = active[-1] if active else None
         self.verifying = {k.kid: k for k in keys if k.state in VERIFYING_STATES}
-        self.jwks = {
-            "keys": [k.public_jwk() for k in keys if k.state in PUBLISHED_STATES]
-        }
+        self.jwks = {"keys": [k.public_jwk() for k in keys if k.state in PUBLISHED_STATES]}
         self.jwks_body = json.dumps(self.jwks, separators=(",", ":")).encode()
         self.etag = '"' + hashlib.sha256(self.jwks_body).hexdigest()[:32] + '"'
 
@@ -34,9 +32,7 @@ class KeySet:
 class Keyring:
     """Serve the current KeySet; poll the key directory so rotations reach every worker."""
 
-    def __init__(
-        self, store, reload_interval_s=RELOAD_INTERVAL_S, clock=time.monotonic
-    ):
+    def __init__(self, store, reload_interval_s=RELOAD_INTERVAL_S, clock=time.monotonic):
         self._store = store
         self._interval = reload_interval_s
         self._clock = clock
@@ -76,9 +72,7 @@ class Keyring:
                 log.error("keeping previous keys: %s", exc)
                 return
             if keys.signing is None:
-                log.error(
-                    "keeping previous keys: no active key in %s", self._store.directory
-                )
+                log.error("keeping previous keys: no active key in %s", self._store.directory)
                 return
             self._keys, self._fingerprint = keys, fingerprint
             log.info(

@@ -7,6 +7,7 @@ so a reader never sees half a key.
 """
 
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -63,9 +64,7 @@ def generate_private_key(alg):
         return ed25519.Ed25519PrivateKey.generate()
     if alg == "RS256":
         return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    raise KeyStoreError(
-        f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}"
-    )
+    raise KeyStoreError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
 
 
 def thumbprint(alg, public_key):
@@ -73,11 +72,7 @@ def thumbprint(alg, public_key):
     jwk = _JWK_EXPORTERS[alg].to_jwk(public_key, as_dict=True)
     members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return (
-        base64.urlsafe_b64encode(hashlib.sha256(canonical).digest())
-        .rstrip(b"=")
-        .decode()
-    )
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
 class KeyStore:
@@ -94,14 +89,8 @@ class KeyStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise KeyStoreError(
-                f"cannot read key directory {self.directory}: {exc.strerror}"
-            ) from None
-        keys = [
-            self._load_one(name[: -len(".json")])
-            for name in names
-            if name.endswith(".json")
-        ]
+            raise KeyStoreError(f"cannot read key directory {self.directory}: {exc.strerror}") from None
+        keys = [self._load_one(name[: -len(".json")]) for name in names if name.endswith(".json")]
         return sorted(keys, key=lambda key: key.created)
 
     def fingerprint(self):
@@ -115,13 +104,9 @@ class KeyStore:
     def generate(self, alg="ES256", state=None):
         """Create a key; it becomes `active` when none is, else `next`."""
         if alg not in ALGORITHMS:
-            raise KeyStoreError(
-                f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}"
-            )
+            raise KeyStoreError(f"unsupported algorithm {alg!r}; choose one of {', '.join(ALGORITHMS)}")
         if state is None:
-            state = (
-                "next" if any(k.state == "active" for k in self.load()) else "active"
-            )
+            state = "next" if any(k.state == "active" for k in self.load()) else "active"
         private_key = generate_private_key(alg)
         kid = thumbprint(alg, private_key.public_key())
         pem = private_key.private_bytes(
@@ -132,9 +117,7 @@ class KeyStore:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._write(f"{kid}.pem", pem, mode=0o600)
         now = self._clock()
-        self._write_meta(
-            {"kid": kid, "alg": alg, "state": state, "created": now, "changed": now}
-        )
+        self._write_meta({"kid": kid, "alg": alg, "state": state, "created": now, "changed": now})
         return kid
 
     def set_state(self, kid, state):
@@ -149,10 +132,8 @@ class KeyStore:
 
     def delete(self, kid):
         for suffix in (".json", ".pem"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.directory, kid + suffix))
-            except FileNotFoundError:
-                pass
 
     def _load_one(self, kid):
         meta = self._read_meta(kid)
@@ -160,13 +141,9 @@ class KeyStore:
         try:
             mode = os.stat(path).st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyStoreError(
-                    f"{path}: private key is readable by others; run chmod 600 {path}"
-                )
+                raise KeyStoreError(f"{path}: private key is readable by others; run chmod 600 {path}")
             with open(path, "rb") as file:
-                private_key = serialization.load_pem_private_key(
-                    file.read(), password=None
-                )
+                private_key = serialization.load_pem_private_key(file.read(), password=None)
         except FileNotFoundError:
             raise KeyStoreError(f"{path}: private key file is missing") from None
         except (ValueError, TypeError) as exc:
