@@ -4,8 +4,9 @@ import argparse
 import os
 import sys
 
+from keys import cli as keys_cli
 from keys.keyring import Keyring
-from keys.store import ALGORITHMS, KeyStore, KeyStoreError
+from keys.store import KeyStoreError
 
 from .config import Config, ConfigError
 
@@ -21,11 +22,7 @@ def main(argv=None):
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
 
-    keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(dest="keys", required=True)
-    generate = keys.add_parser("generate", help="make a new signing key and print its kid")
-    generate.add_argument("--dir", help="key directory (CONCURRENCY_KEYS_DIR)")
-    generate.add_argument("--alg", default="ES256", choices=ALGORITHMS)
-    generate.set_defaults(run=_keys_generate)
+    keys_cli.add_parser(commands)
 
     args = parser.parse_args(argv)
     try:
@@ -33,15 +30,6 @@ def main(argv=None):
     except (ConfigError, KeyStoreError) as exc:
         print(f"concurrency-service: {exc}", file=sys.stderr)
         return 2
-
-
-def _keys_dir(value):
-    return value or Config.from_env().keys_dir
-
-
-def _keys_generate(args):
-    kid = KeyStore(_keys_dir(args.dir)).generate(args.alg)
-    print(kid)
 
 
 def _serve(args):

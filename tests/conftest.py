@@ -1,5 +1,7 @@
 """Shared fixtures: keys, fakeredis and real redis-server stores, the app, the real server process."""
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -8,9 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import http.client
-import json
 
 import fakeredis
 import falcon.testing
@@ -171,7 +170,7 @@ class ServerProcess:
         }
         command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
         command += ["--workers", str(workers), "--threads", str(threads)]
-        self.log = tempfile.NamedTemporaryFile(prefix="concurrency-service-", suffix=".log")
+        self.log = tempfile.NamedTemporaryFile(prefix="concurrency-service-", suffix=".log")  # noqa: SIM115
         self._proc = subprocess.Popen(command, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(self._answers, timeout_s=20, what=f"the service on port {self.port}")
 
