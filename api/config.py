@@ -37,16 +37,21 @@ class Config:
         )
         for name in positive:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be at least 1")
+                raise ConfigError(f"{self.env_name(name)} must be at least 1")
         if self.redis_mode not in ("standalone", "cluster"):
-            raise ConfigError(f"{ENV_PREFIX}REDIS_MODE must be 'standalone' or 'cluster'")
+            raise ConfigError(f"{self.env_name('redis_mode')} must be 'standalone' or 'cluster'")
+
+    @staticmethod
+    def env_name(field_name):
+        """Return the variable for a field: `session_ttl_s` is CONCURRENCY_SESSION_TTL (seconds)."""
+        return ENV_PREFIX + field_name.upper().removesuffix("_S")
 
     @classmethod
     def from_env(cls, environ=os.environ, **overrides):
         """Build from CONCURRENCY_* variables; explicit overrides win."""
         values = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + field.name.upper())
+            raw = environ.get(cls.env_name(field.name))
             if raw is None or field.name in overrides:
                 continue
             kind = type(field.default)
@@ -54,6 +59,6 @@ class Config:
                 values[field.name] = kind(raw)
             except ValueError:
                 raise ConfigError(
-                    f"{ENV_PREFIX}{field.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                    f"{cls.env_name(field.name)}={raw!r} is not a valid {kind.__name__}"
                 ) from None
         return cls(**values, **overrides)

@@ -89,8 +89,8 @@ class Jwks:
     def on_get(self, req, resp):
         keys = self._keyring.current
         resp.cache_control = [self._cache_control]
-        resp.etag = keys.etag
-        if req.if_none_match and any(tag == keys.etag for tag in req.if_none_match):
+        resp.etag = f'"{keys.etag}"'
+        if req.if_none_match and any(tag == "*" or tag == keys.etag for tag in req.if_none_match):
             resp.status = falcon.HTTP_304
             return
         resp.content_type = "application/jwk-set+json"

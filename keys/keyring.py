@@ -26,7 +26,7 @@ class KeySet:
         self.verifying = {k.kid: k for k in keys if k.state in VERIFYING_STATES}
         self.jwks = {"keys": [k.public_jwk() for k in keys if k.state in PUBLISHED_STATES]}
         self.jwks_body = json.dumps(self.jwks, separators=(",", ":")).encode()
-        self.etag = '"' + hashlib.sha256(self.jwks_body).hexdigest()[:32] + '"'
+        self.etag = hashlib.sha256(self.jwks_body).hexdigest()[:32]
 
 
 class Keyring:

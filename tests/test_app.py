@@ -1,0 +1,195 @@
+"""The app factory and the contract through falcon's TestClient over fakeredis."""
+
+import falcon.testing
+import jwt
+import pytest
+import redis
+
+from api.app import create_app, get_app
+from api.config import Config, ConfigError
+from api.store import RedisStore
+from keys.keyring import NoSigningKey
+
+START = {"userId": "ann", "deviceId": "tv", "streamId": "film"}
+
+
+def start(client, **fields):
+    return client.simulate_post("/concurrency", json={**START, **fields})
+
+
+def test_create_app_has_no_side_effects(config, keyring):
+    class Untouchable:
+        def register_script(self, script):
+            raise AssertionError("create_app must not talk to Redis")
+
+    app = create_app(config, store=Untouchable(), keyring=keyring)
+    assert app is not None
+
+
+def test_get_app_builds_from_the_environment(keys_dir):
+    app = get_app({"CONCURRENCY_KEYS_DIR": keys_dir, "CONCURRENCY_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert app is not None
+
+
+def test_get_app_refuses_without_a_signing_key(tmp_path):
+    with pytest.raises(NoSigningKey, match="no active signing key"):
+        get_app({"CONCURRENCY_KEYS_DIR": str(tmp_path)})
+
+
+def test_start_heartbeat_stop(client, keyring):
+    started = start(client)
+    assert started.status_code == 200
+    body = started.json
+    assert body["status"] == "initiated"
+    key = keyring.current.signing
+    claims = jwt.decode(body["token"], key.public_key, algorithms=["ES256"], audience="playback")
+    assert claims["sid"] == body["sessionKey"]
+    assert (claims["sub"], claims["device"], claims["stream"]) == ("ann", "tv", "film")
+
+    beat = client.simulate_put(
+        "/concurrency", json={"sessionKey": body["sessionKey"], "token": body["token"]}
+    )
+    assert beat.status_code == 200
+    assert beat.json["status"] == "updated"
+    assert beat.json["token"] != body["token"]
+
+    stop = client.simulate_delete(
+        "/concurrency", json={"sessionKey": body["sessionKey"], "token": beat.json["token"]}
+    )
+    assert stop.status_code == 204
+    gone = client.simulate_put(
+        "/concurrency", json={"sessionKey": body["sessionKey"], "token": beat.json["token"]}
+    )
+    assert gone.status_code == 410
+    assert gone.json["error"] == "session_gone"
+
+
+def test_limit_lists_the_holders(client, config):
+    for i in range(config.max_streams):
+        assert start(client, deviceId=f"d{i}").status_code == 200
+    refused = start(client, deviceId="one-too-many")
+    assert refused.status_code == 403
+    assert refused.json["error"] == "limit_reached"
+    assert sorted(s["deviceId"] for s in refused.json["sessions"]) == ["d0", "d1", "d2"]
+
+
+def test_native_routes(client):
+    created = client.simulate_post("/v1/sessions", json=START)
+    assert created.status_code == 201
+    sid, token = created.json["sessionId"], created.json["token"]
+    assert created.headers["location"] == f"/v1/sessions/{sid}"
+    assert client.simulate_post("/v1/sessions", json=START).status_code == 200
+
+    auth = {"Authorization": f"Bearer {token}"}
+    beat = client.simulate_put(f"/v1/sessions/{sid}", headers=auth)
+    assert beat.status_code == 200 and beat.json["sessionId"] == sid
+    assert client.simulate_delete(f"/v1/sessions/{sid}", headers=auth).status_code == 204
+    assert client.simulate_put(f"/v1/sessions/{sid}", headers=auth).status_code == 410
+
+
+@pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Bearer not-a-jwt"])
+def test_native_heartbeat_needs_a_bearer_token(client, header):
+    sid = client.simulate_post("/v1/sessions", json=START).json["sessionId"]
+    headers = {"Authorization": header} if header else {}
+    answer = client.simulate_put(f"/v1/sessions/{sid}", headers=headers)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_token_of_another_session_is_refused(client, fake_redis):
+    first = start(client, deviceId="a").json
+    second = start(client, deviceId="b").json
+    before = fake_redis.hgetall(next(iter(fake_redis.keys("cs:*"))))
+    answer = client.simulate_delete(
+        "/concurrency", json={"sessionKey": second["sessionKey"], "token": first["token"]}
+    )
+    assert answer.status_code == 401
+    assert fake_redis.hgetall(next(iter(fake_redis.keys("cs:*")))) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"deviceId": "tv", "streamId": "film"}, "userId"),
+        ({**START, "userId": 7}, "userId"),
+        ({**START, "deviceId": ""}, "deviceId"),
+        ({**START, "streamId": "s" * 257}, "streamId"),
+        ({**START, "admin": True}, "admin"),
+    ],
+)
+def test_bad_fields_are_named_and_change_nothing(client, fake_redis, body, field):
+    answer = client.simulate_post("/concurrency", json=body)
+    assert answer.status_code == 400
+    assert answer.json["field"] == field
+    assert field in answer.json["message"]
+    assert fake_redis.dbsize() == 0
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b"\xff\xfe", b"null"])
+def test_malformed_bodies(client, fake_redis, raw):
+    answer = client.simulate_post("/concurrency", body=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json["error"] == "bad_request"
+    assert fake_redis.dbsize() == 0
+
+
+def test_large_body_is_413(client, fake_redis):
+    answer = client.simulate_post("/concurrency", json={**START, "userId": "u" * 5000})
+    assert answer.status_code == 413
+    assert fake_redis.dbsize() == 0
+
+
+def test_unknown_route_and_method(client):
+    missing = client.simulate_get("/nope")
+    assert missing.status_code == 404 and missing.json["error"] == "not_found"
+    wrong = client.simulate_patch("/concurrency")
+    assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
+
+
+def test_store_down_is_503_with_retry_after(config, keyring):
+    dead = RedisStore(redis.Redis(port=1, socket_connect_timeout=0.1), config.buckets)
+    client = falcon.testing.TestClient(create_app(config, dead, keyring))
+    answer = start(client)
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == str(config.retry_after_s)
+    assert client.simulate_get("/readyz").status_code == 503
+    assert client.simulate_get("/healthz").status_code == 200
+
+
+def test_unexpected_errors_are_500_without_a_trace(config, keyring):
+    class Broken:
+        def register_script(self, script):
+            return self._boom
+
+        def _boom(self, **kwargs):
+            raise RuntimeError("secret internals")
+
+    client = falcon.testing.TestClient(create_app(config, RedisStore(Broken(), 8), keyring))
+    answer = start(client)
+    assert answer.status_code == 500
+    assert answer.json["error"] == "internal_error"
+    assert "secret" not in answer.text and "Traceback" not in answer.text
+
+
+def test_jwks_is_cacheable(client, keyring):
+    answer = client.simulate_get("/.well-known/jwks.json")
+    assert answer.status_code == 200
+    assert answer.headers["cache-control"] == "public, max-age=300"
+    (key,) = answer.json["keys"]
+    assert key["kid"] == keyring.current.signing.kid
+    assert {"d", "p", "q"}.isdisjoint(key)
+    again = client.simulate_get("/.well-known/jwks.json", headers={"If-None-Match": answer.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="CONCURRENCY_MAX_STREAMS='many'"):
+        Config.from_env({"CONCURRENCY_MAX_STREAMS": "many"})
+    with pytest.raises(ConfigError, match="CONCURRENCY_SESSION_TTL must be at least 1"):
+        Config.from_env({"CONCURRENCY_SESSION_TTL": "0"})
+
+
+def test_config_from_env_reads_prefixed_variables():
+    config = Config.from_env({"CONCURRENCY_MAX_STREAMS": "5", "CONCURRENCY_SESSION_TTL": "30"})
+    assert (config.max_streams, config.session_ttl_s) == (5, 30)
