@@ -1,0 +1,710 @@
+"""The whole HTTP contract against the real `concurrency-service serve` process and a real redis-server."""
+
+import http.client
+import json
+import re
+import shutil
+import subprocess
+import time
+import uuid
+
+import jwt
+import pytest
+import redis
+from conftest import TEST_TTL_S, ServerProcess, free_port, wait_until
+
+from api.config import Config
+
+pytestmark = [pytest.mark.http, pytest.mark.redis]
+
+DEFAULTS = Config()
+MAX_STREAMS = DEFAULTS.max_streams
+BUCKET_KEY = re.compile(r"^cs:\{[0-9a-f]+\}$")
+JSON = {"Content-Type": "application/json"}
+
+
+def new_user(prefix="user"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def start(server, user, device, stream="stream-1", path="/concurrency"):
+    return server.request("POST", path, {"userId": user, "deviceId": device, "streamId": stream})
+
+
+def started(server, user, device, stream="stream-1"):
+    """Start a session that must be admitted; return its (sessionKey, token)."""
+    answer = start(server, user, device, stream)
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    return body["sessionKey"], body["token"]
+
+
+def heartbeat(server, sid, token):
+    return server.request("PUT", "/concurrency", {"sessionKey": sid, "token": token})
+
+
+def stop(server, sid, token):
+    return server.request("DELETE", "/concurrency", {"sessionKey": sid, "token": token})
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def unescape(value):
+    return value.replace("%7C", "|").replace("%25", "%")
+
+
+def redis_now_ms(client):
+    seconds, micros = client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def stored_sessions(client, live_only=True):
+    """Return {sid: (user, device, stream, expires_ms)} from every bucket, as the scripts store them."""
+    now_ms = redis_now_ms(client)
+    sessions = {}
+    for key in client.scan_iter(match="cs:*"):
+        for sid, value in client.hgetall(key).items():
+            expires, _started, user, device, stream = value.decode().split("|")
+            expires_ms = int(expires, 36)
+            if live_only and expires_ms <= now_ms:
+                continue
+            sessions[sid.decode()] = (unescape(user), unescape(device), unescape(stream), expires_ms)
+    return sessions
+
+
+def redis_state(client):
+    """Return every key with its type and content: equal before and after means nothing was written."""
+    state = {}
+    for key in client.scan_iter():
+        kind = client.type(key).decode()
+        content = client.hgetall(key) if kind == "hash" else client.dump(key)
+        state[key] = (kind, content)
+    return state
+
+
+def assert_error(answer, status, code=None):
+    assert answer.status == status, answer.body
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["message"], str) and body["message"]
+    if code is not None:
+        assert body["error"] == code
+    return body
+
+
+def jwks(server):
+    answer = server.request("GET", "/.well-known/jwks.json")
+    assert answer.status == 200
+    return answer.json()
+
+
+def decode(server, token):
+    """Verify a token with the published JWKS alone, as a CDN would; return (header, claims)."""
+    header = jwt.get_unverified_header(token)
+    key_set = jwt.PyJWKSet.from_dict(jwks(server))
+    key = next(k for k in key_set.keys if k.key_id == header["kid"])
+    claims = jwt.decode(
+        token,
+        key,
+        algorithms=["ES256"],
+        audience=DEFAULTS.audience,
+        issuer=DEFAULTS.issuer,
+        options={"require": ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]},
+    )
+    return header, claims
+
+
+# --- seed-compatible /concurrency -----------------------------------------------------------------
+
+
+def test_start_admits_and_returns_a_verifiable_token(server, real_redis):
+    user = new_user()
+    answer = start(server, user, "laptop", "seahawks")
+    assert answer.status == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert body["status"] == "initiated"
+    assert set(body) >= {"sessionKey", "token", "status"}
+    assert len(body["sessionKey"]) >= 16
+
+    header, claims = decode(server, body["token"])
+    assert header["alg"] == "ES256"
+    assert header["typ"]
+    assert header["kid"] in {k["kid"] for k in jwks(server)["keys"]}
+    assert claims["iss"] == DEFAULTS.issuer
+    assert claims["aud"] == DEFAULTS.audience
+    assert claims["sub"] == user
+    assert claims["sid"] == body["sessionKey"]
+    assert claims["device"] == "laptop"
+    assert claims["stream"] == "seahawks"
+    assert claims["exp"] - claims["iat"] == TEST_TTL_S
+    assert abs(claims["iat"] - real_redis.time()[0]) <= 2
+    assert isinstance(claims["jti"], str) and claims["jti"]
+
+    stored = stored_sessions(real_redis)
+    assert list(stored) == [body["sessionKey"]]
+    assert stored[body["sessionKey"]][:3] == (user, "laptop", "seahawks")
+
+
+def test_same_user_device_stream_again_is_idempotent(server, real_redis):
+    user = new_user()
+    first = start(server, user, "tv", "match").json()
+    again = start(server, user, "tv", "match")
+    assert again.status == 200
+    body = again.json()
+    assert body["status"] == "updated"
+    assert body["sessionKey"] == first["sessionKey"]
+    assert body["token"] != first["token"]
+    assert decode(server, body["token"])[1]["jti"] != decode(server, first["token"])[1]["jti"]
+    assert list(stored_sessions(real_redis)) == [first["sessionKey"]]
+
+    other_stream = start(server, user, "tv", "other-match").json()
+    assert other_stream["status"] == "initiated"
+    assert other_stream["sessionKey"] != first["sessionKey"]
+
+
+def test_limit_answers_403_listing_the_holders(server, real_redis):
+    user = new_user()
+    holders = {started(server, user, f"device-{i}", f"stream-{i}")[0]: i for i in range(MAX_STREAMS)}
+    before = redis_state(real_redis)
+
+    answer = start(server, user, "one-too-many", "stream-x")
+    body = assert_error(answer, 403, "limit_reached")
+    now_s = real_redis.time()[0]
+    assert len(body["sessions"]) == MAX_STREAMS
+    listed = {}
+    for session in body["sessions"]:
+        assert abs(session["started"] - now_s) <= 5
+        listed[session["sessionKey"]] = (session["deviceId"], session["streamId"])
+    assert listed == {sid: (f"device-{i}", f"stream-{i}") for sid, i in holders.items()}
+    assert redis_state(real_redis) == before
+
+    other_user = start(server, new_user(), "one-too-many", "stream-x")
+    assert other_user.status == 200
+
+
+def test_heartbeat_returns_a_fresh_token_and_extends_the_session(server, real_redis):
+    user = new_user()
+    sid, token = started(server, user, "phone")
+    expires_before = stored_sessions(real_redis)[sid][3]
+    time.sleep(0.05)
+
+    answer = heartbeat(server, sid, token)
+    assert answer.status == 200
+    body = answer.json()
+    assert body == {"sessionKey": sid, "token": body["token"], "status": "updated"}
+    assert body["token"] != token
+    header, claims = decode(server, body["token"])
+    old_claims = decode(server, token)[1]
+    assert header["kid"] and header["typ"]
+    assert claims["sid"] == sid and claims["sub"] == user and claims["device"] == "phone"
+    assert claims["jti"] != old_claims["jti"]
+    assert claims["iat"] >= old_claims["iat"]
+    assert claims["exp"] - claims["iat"] == TEST_TTL_S
+    assert stored_sessions(real_redis)[sid][3] > expires_before
+
+    assert heartbeat(server, sid, body["token"]).status == 200
+    assert heartbeat(server, sid, token).status == 200  # the first token is valid until it expires
+
+
+def test_stop_frees_the_slot_at_once_and_the_session_never_comes_back(server, real_redis):
+    user = new_user()
+    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    assert start(server, user, "waiting").status == 403
+    sid, token = sessions[0]
+
+    answer = stop(server, sid, token)
+    assert answer.status == 204
+    assert answer.body == b""
+    assert sid not in stored_sessions(real_redis, live_only=False)
+
+    admitted = start(server, user, "waiting")
+    assert admitted.status == 200
+    assert admitted.json()["status"] == "initiated"
+
+    assert_error(heartbeat(server, sid, token), 410, "session_gone")
+    assert_error(heartbeat(server, sid, token), 410, "session_gone")
+    assert sid not in stored_sessions(real_redis, live_only=False)
+    assert stop(server, sid, token).status in (204, 410)
+    assert sid not in stored_sessions(real_redis, live_only=False)
+
+
+def test_heartbeat_of_a_session_removed_from_redis_is_410(server, real_redis):
+    """A kicked or evicted session: the token is still valid, the slot is gone."""
+    sid, token = started(server, new_user(), "tv")
+    for key in real_redis.scan_iter(match="cs:*"):
+        real_redis.hdel(key, sid)
+    assert_error(heartbeat(server, sid, token), 410, "session_gone")
+    assert_error(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token)), 410)
+    assert sid not in stored_sessions(real_redis, live_only=False)
+
+
+def test_stop_requires_the_token(server, real_redis):
+    sid, _token = started(server, new_user(), "tv")
+    before = redis_state(real_redis)
+    body = assert_error(server.request("DELETE", "/concurrency", {"sessionKey": sid}), 400)
+    assert body.get("field") == "token"
+    assert_error(stop(server, sid, "not-a-token"), 401, "invalid_token")
+    assert redis_state(real_redis) == before
+
+
+# --- native /v1/sessions --------------------------------------------------------------------------
+
+
+def test_native_start_heartbeat_stop(server, real_redis):
+    user = new_user()
+    created = start(server, user, "console", "film", path="/v1/sessions")
+    assert created.status == 201
+    body = created.json()
+    sid = body["sessionId"]
+    assert body["status"] == "initiated"
+    assert created.headers["location"].endswith(f"/v1/sessions/{sid}")
+    assert decode(server, body["token"])[1]["sid"] == sid
+
+    renewed = start(server, user, "console", "film", path="/v1/sessions")
+    assert renewed.status == 200
+    assert renewed.json()["status"] == "updated"
+    assert renewed.json()["sessionId"] == sid
+
+    beat = server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(body["token"]))
+    assert beat.status == 200
+    fresh = beat.json()["token"]
+    assert beat.json()["sessionId"] == sid and beat.json()["status"] == "updated"
+    assert decode(server, fresh)[1]["sid"] == sid
+
+    gone = server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(fresh))
+    assert gone.status == 204
+    assert sid not in stored_sessions(real_redis, live_only=False)
+    assert_error(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(fresh)), 410, "session_gone")
+
+
+def test_legacy_and_native_routes_share_sessions(server, real_redis):
+    sid, token = started(server, new_user(), "tablet")
+    beat = server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token))
+    assert beat.status == 200
+    assert stop(server, sid, beat.json()["token"]).status == 204
+    assert sid not in stored_sessions(real_redis)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer    ",
+        "Token abc",
+        "Bearer a.b.c",
+        "Bearer not a token",
+    ],
+)
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_native_routes_reject_missing_or_odd_authorization(server, real_redis, method, authorization):
+    sid, _token = started(server, new_user(), "tv")
+    before = redis_state(real_redis)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answer = server.request(method, f"/v1/sessions/{sid}", headers=headers)
+    assert_error(answer, 401, "invalid_token")
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert redis_state(real_redis) == before
+
+
+def test_token_of_one_session_cannot_touch_another(server, real_redis):
+    user = new_user()
+    sid_a, token_a = started(server, user, "device-a")
+    sid_b, _token_b = started(server, user, "device-b")
+    sid_c, _token_c = started(server, new_user(), "device-c")
+    before = redis_state(real_redis)
+
+    for victim in (sid_b, sid_c):
+        for method in ("PUT", "DELETE"):
+            answer = server.request(method, f"/v1/sessions/{victim}", headers=bearer(token_a))
+            assert_error(answer, 401, "invalid_token")
+            assert "www-authenticate" in answer.headers
+        assert_error(heartbeat(server, victim, token_a), 401, "invalid_token")
+        assert_error(stop(server, victim, token_a), 401, "invalid_token")
+
+    assert redis_state(real_redis) == before
+    assert {sid_a, sid_b, sid_c} <= set(stored_sessions(real_redis))
+
+
+def test_tampered_tokens_are_401_and_the_session_untouched(server, real_redis):
+    sid, token = started(server, new_user(), "tv")
+    header, payload, signature = token.split(".")
+    claims = decode(server, token)[1]
+    forged_claims = {**claims, "sub": "someone-else"}
+    forged_payload = jwt.utils.base64url_encode(json.dumps(forged_claims).encode()).decode()
+    none_header = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode()
+    before = redis_state(real_redis)
+    for bad in (
+        f"{header}.{forged_payload}.{signature}",
+        f"{none_header}.{payload}.",
+        token[:-10],
+        f"{header}.{payload}",
+    ):
+        assert_error(heartbeat(server, sid, bad), 401, "invalid_token")
+        assert_error(server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(bad)), 401)
+    assert redis_state(real_redis) == before
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+VALID_START = {"userId": "bad-input-user", "deviceId": "d", "streamId": "s"}
+
+
+def _start_with(**changes):
+    body = {**VALID_START, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not _MISSING}).encode()
+
+
+_MISSING = object()
+
+BAD_STARTS = [
+    # (id, raw body, status, field named or None)
+    ("malformed-json", b'{"userId": "u", ', 400, None),
+    ("not-json", b"userId=u&deviceId=d", 400, None),
+    ("empty-body", b"", 400, None),
+    ("json-array", json.dumps([VALID_START]).encode(), 400, None),
+    ("json-string", b'"userId"', 400, None),
+    ("json-null", b"null", 400, None),
+    ("invalid-utf8", b'{"userId": "\xff\xfe", "deviceId": "d", "streamId": "s"}', 400, None),
+    ("user-number", _start_with(userId=42), 400, "userId"),
+    ("device-list", _start_with(deviceId=["d"]), 400, "deviceId"),
+    ("stream-object", _start_with(streamId={"id": "s"}), 400, "streamId"),
+    ("user-null", _start_with(userId=None), 400, "userId"),
+    ("user-bool", _start_with(userId=True), 400, "userId"),
+    ("missing-device", _start_with(deviceId=_MISSING), 400, "deviceId"),
+    ("missing-stream", _start_with(streamId=_MISSING), 400, "streamId"),
+    ("empty-user", _start_with(userId=""), 400, "userId"),
+    ("empty-stream", _start_with(streamId=""), 400, "streamId"),
+    ("unknown-field", _start_with(extra="x"), 400, "extra"),
+    ("user-too-long", _start_with(userId="u" * 257), 400, "userId"),
+    ("device-too-long-unicode", _start_with(deviceId="é" * 257), 400, "deviceId"),
+    ("body-too-large", _start_with(streamId="s" * 5000), 413, None),
+    ("deeply-nested-json", b"[" * 1500 + b"]" * 1500, 400, None),
+    ("lone-surrogate", b'{"userId": "\\ud800", "deviceId": "d", "streamId": "s"}', 400, "userId"),
+]
+
+
+@pytest.mark.parametrize("path", ["/concurrency", "/v1/sessions"])
+@pytest.mark.parametrize(
+    ("raw", "status", "field"),
+    [case[1:] for case in BAD_STARTS],
+    ids=[case[0] for case in BAD_STARTS],
+)
+def test_bad_start_is_4xx_json_and_writes_nothing(server, real_redis, path, raw, status, field):
+    started(server, new_user(), "existing")
+    before = redis_state(real_redis)
+    answer = server.request("POST", path, raw, JSON)
+    body = assert_error(answer, status)
+    if field is not None:
+        assert body.get("field") == field
+        assert field in body["message"]
+    assert redis_state(real_redis) == before
+    assert not any(user == VALID_START["userId"] for user, *_ in stored_sessions(real_redis).values())
+
+
+def post_chunked(server, path, chunks):
+    """POST a body with `Transfer-Encoding: chunked` (no Content-Length); return (status, JSON body)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("POST", path, body=iter(chunks), headers=JSON, encode_chunked=True)
+        answer = connection.getresponse()
+        return answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+
+
+def test_chunked_start_is_read(server, real_redis):
+    user = new_user()
+    chunks = [b'{"userId": "', user.encode(), b'", "deviceId": "d", ', b'"streamId": "s"}']
+    status, body = post_chunked(server, "/concurrency", chunks)
+    assert status == 200, body
+    assert body["status"] == "initiated"
+    assert body["sessionKey"] in stored_sessions(real_redis)
+
+
+def test_chunked_body_over_the_limit_is_413(server, real_redis):
+    before = redis_state(real_redis)
+    chunks = [b'{"userId": "', b"u" * 3000, b"u" * 3000, b'", "deviceId": "d", "streamId": "s"}']
+    status, body = post_chunked(server, "/concurrency", chunks)
+    assert status == 413, body
+    assert body["error"] and body["message"]
+    assert redis_state(real_redis) == before
+
+
+def test_ids_at_the_length_limit_are_accepted(server, real_redis):
+    limit = DEFAULTS.max_id_chars
+    answer = start(server, "u" * limit, "é" * limit, "s" * limit)
+    assert answer.status == 200, answer.body
+    assert decode(server, answer.json()["token"])[1]["device"] == "é" * limit
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"token": "t"}, "sessionKey"),
+        ({"sessionKey": "k"}, "token"),
+        ({"sessionKey": 1, "token": "t"}, "sessionKey"),
+        ({"sessionKey": "k", "token": ["t"]}, "token"),
+        ({"sessionKey": "", "token": "t"}, "sessionKey"),
+        ({"sessionKey": "k", "token": ""}, "token"),
+        ({"sessionKey": "k" * 257, "token": "t"}, "sessionKey"),
+        ({"sessionKey": "k", "token": "t", "userId": "u"}, "userId"),
+    ],
+)
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_bad_heartbeat_or_stop_body_is_400_naming_the_field(server, real_redis, method, body, field):
+    started(server, new_user(), "existing")
+    before = redis_state(real_redis)
+    answer = server.request(method, "/concurrency", body)
+    error = assert_error(answer, 400)
+    assert error.get("field") == field
+    assert field in error["message"]
+    assert redis_state(real_redis) == before
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_overlong_session_id_in_the_path_is_400(server, real_redis, method):
+    _sid, token = started(server, new_user(), "tv")
+    before = redis_state(real_redis)
+    assert_error(server.request(method, "/v1/sessions/" + "x" * 257, headers=bearer(token)), 400)
+    assert redis_state(real_redis) == before
+
+
+# --- routing, health, JWKS ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/nope", "/v1/sessions/abc/extra", "/v1", "/concurrency/abc"])
+def test_unknown_path_is_404_json(server, path):
+    assert_error(server.request("GET", path), 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/concurrency", {"POST", "PUT", "DELETE"}),
+        ("PATCH", "/concurrency", {"POST", "PUT", "DELETE"}),
+        ("GET", "/v1/sessions", {"POST"}),
+        ("POST", "/v1/sessions/abc", {"PUT", "DELETE"}),
+        ("DELETE", "/health", {"GET"}),
+        ("POST", "/.well-known/jwks.json", {"GET"}),
+    ],
+)
+def test_wrong_method_is_405_with_allow(server, method, path, allowed):
+    answer = server.request(method, path)
+    assert_error(answer, 405)
+    allow = {m.strip() for m in answer.headers["allow"].split(",")}
+    assert allowed <= allow
+    assert method not in allow
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz", "/readyz"])
+def test_health_and_readiness(server, path):
+    answer = server.request("GET", path)
+    assert answer.status == 200
+    assert answer.json()["status"] in ("ok", "ready")
+
+
+def test_jwks_publishes_public_keys_only_and_is_cacheable(server):
+    answer = server.request("GET", "/.well-known/jwks.json")
+    assert answer.status == 200
+    cache_control = answer.headers["cache-control"]
+    assert "public" in cache_control and re.search(r"max-age=\d+", cache_control)
+    keys = answer.json()["keys"]
+    assert keys
+    for key in keys:
+        assert {"kid", "kty", "crv", "x", "y", "alg", "use"} <= set(key)
+        assert key["kty"] == "EC" and key["crv"] == "P-256" and key["alg"] == "ES256" and key["use"] == "sig"
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)
+    etag = answer.headers["etag"]
+    again = server.request("GET", "/.well-known/jwks.json", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert again.body == b""
+
+
+def test_openapi_is_served(server):
+    answer = server.request("GET", "/openapi.yaml")
+    assert answer.status == 200
+    assert answer.body.startswith(b"openapi: 3.1")
+
+
+# --- ids of any content ---------------------------------------------------------------------------
+
+ODD_USER = "{acme}:user|42 %7C%25 naïve 名前 🎬"
+ODD_IDS = [
+    ("{slot}:dev|1", "stream:{x}|%"),
+    ("dev 2 ü 日本", "100%|%25|%7C"),
+    ("dev:3%7C", "{}|{}"),
+]
+
+
+def test_ids_of_any_content_work_and_come_back_intact(server, real_redis):
+    tokens = {}
+    for device, stream in ODD_IDS:
+        answer = start(server, ODD_USER, device, stream)
+        assert answer.status == 200, answer.body
+        body = answer.json()
+        claims = decode(server, body["token"])[1]
+        assert (claims["sub"], claims["device"], claims["stream"]) == (ODD_USER, device, stream)
+        tokens[body["sessionKey"]] = body["token"]
+
+    refused = assert_error(start(server, ODD_USER, "dev|4", "stream|4"), 403, "limit_reached")
+    assert {(s["deviceId"], s["streamId"]) for s in refused["sessions"]} == set(ODD_IDS)
+
+    for sid, token in tokens.items():
+        assert heartbeat(server, sid, token).status == 200
+    stored = stored_sessions(real_redis)
+    assert {(u, d, s) for u, d, s, _ in stored.values()} == {(ODD_USER, d, s) for d, s in ODD_IDS}
+    assert all(BUCKET_KEY.match(key.decode()) for key in real_redis.scan_iter())
+
+    renewed = start(server, ODD_USER, *ODD_IDS[0]).json()
+    assert renewed["status"] == "updated"
+
+
+def test_escaped_ids_do_not_collide(server, real_redis):
+    """`a|b` and `a%7Cb` are different users; device `x|y` + stream `z` differs from `x` + `y|z`."""
+    for user in ("a|b", "a%7Cb", "a%257Cb"):
+        for i in range(MAX_STREAMS):
+            assert start(server, user, f"d{i}").status == 200, user
+    user = new_user()
+    first = start(server, user, "x|y", "z").json()
+    second = start(server, user, "x", "y|z").json()
+    assert first["status"] == second["status"] == "initiated"
+    assert first["sessionKey"] != second["sessionKey"]
+
+
+def test_every_key_has_a_ttl(server, real_redis):
+    user = new_user()
+    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    start(server, user, "refused")
+    heartbeat(server, *sessions[0])
+    stop(server, *sessions[1])
+    started(server, user, "device-1")
+    for n in range(20):
+        started(server, new_user(), f"d{n}", "{s}|%")
+    started(server, ODD_USER, "odd")
+
+    keys = real_redis.keys()
+    assert keys
+    for key in keys:
+        assert BUCKET_KEY.match(key.decode()), key
+        pttl = real_redis.pttl(key)
+        assert 0 < pttl <= TEST_TTL_S * 1000, (key, pttl)
+
+
+# --- expiry ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_ttl_server(redis_server, keys_dir):
+    """The real service with a one-second session TTL."""
+    # ServerProcess maps `session_ttl` to CONCURRENCY_SESSION_TTL, the variable the service reads.
+    process = ServerProcess(redis_server.url, keys_dir, session_ttl=1)
+    yield process
+    process.stop()
+
+
+def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis):
+    server = short_ttl_server
+    user = new_user()
+    t0 = time.monotonic()
+    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    claims = decode(server, sessions[0][1])[1]
+    assert claims["exp"] - claims["iat"] == 1, "the server did not take the one-second TTL"
+    assert all(0 < real_redis.pttl(key) <= 1000 for key in real_redis.scan_iter())
+    keeper_sid, keeper_token = sessions[0]
+
+    time.sleep(max(0.0, t0 + 0.8 - time.monotonic()))
+    beat = heartbeat(server, keeper_sid, keeper_token)
+    assert beat.status == 200
+    keeper_token = beat.json()["token"]
+
+    time.sleep(max(0.0, t0 + 1.35 - time.monotonic()))
+    for sid, token in sessions[1:]:
+        assert_error(heartbeat(server, sid, token), 410, "session_gone")
+        assert_error(heartbeat(server, sid, token), 410, "session_gone")
+        assert sid not in stored_sessions(real_redis, live_only=False)
+    assert heartbeat(server, keeper_sid, keeper_token).status == 200
+
+    assert start(server, user, "new-device").status == 200
+    again = start(server, user, "device-1").json()
+    assert again["status"] == "initiated"
+    assert again["sessionKey"] != sessions[1][0]
+
+    time.sleep(1.4)
+    assert_error(heartbeat(server, keeper_sid, keeper_token), 410, "session_gone")
+    assert real_redis.keys() == []
+
+
+# --- Redis unavailable ----------------------------------------------------------------------------
+
+
+class OwnRedis:
+    """A redis-server this test starts on a port it chooses, to take Redis away and bring it back."""
+
+    def __init__(self, port, workdir):
+        self.port = port
+        command = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
+        self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.client = redis.Redis(port=port)
+        wait_until(self._answers, what=f"redis-server on port {port}")
+
+    def _answers(self):
+        try:
+            return self.client.ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self):
+        self.client.close()
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+
+
+def assert_store_unavailable(answer):
+    assert_error(answer, 503, "store_unavailable")
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+def test_service_without_redis_starts_answers_503_and_recovers(keys_dir, tmp_path):
+    port = free_port()
+    server = ServerProcess(f"redis://127.0.0.1:{port}/0", keys_dir)
+    own = None
+    try:
+        assert server.request("GET", "/healthz").status == 200
+        not_ready = server.request("GET", "/readyz")
+        assert not_ready.status == 503
+        assert not_ready.json()["checks"]["redis"] is False
+        assert_store_unavailable(start(server, new_user(), "tv"))
+
+        own = OwnRedis(port, tmp_path)
+        wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready once redis is up")
+        user = new_user()
+        sid, token = started(server, user, "tv")
+        assert heartbeat(server, sid, token).status == 200
+
+        own.stop()
+        assert server.request("GET", "/readyz").status == 503
+        assert_store_unavailable(start(server, user, "phone"))
+        assert_store_unavailable(heartbeat(server, sid, token))
+        assert_store_unavailable(stop(server, sid, token))
+        assert_store_unavailable(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token)))
+        assert server.request("GET", "/healthz").status == 200
+
+        own = OwnRedis(port, tmp_path)
+        wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready again")
+        assert_error(heartbeat(server, sid, token), 410, "session_gone")  # the new redis lost the session
+        again = started(server, user, "tv")
+        assert heartbeat(server, *again).status == 200
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+        if own is not None:
+            own.stop()

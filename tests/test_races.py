@@ -1,0 +1,263 @@
+"""Races against the real server process (2 workers x 4 threads) and a real redis-server."""
+
+import collections
+import http.client
+import json
+import random
+import threading
+import uuid
+
+import pytest
+from conftest import request
+
+from api.config import Config
+
+pytestmark = [pytest.mark.http, pytest.mark.redis]
+
+MAX_STREAMS = Config().max_streams
+JSON = {"Content-Type": "application/json"}
+
+
+class Answer:
+    def __init__(self, status, body):
+        self.status = status
+        self.body = json.loads(body) if body else None
+
+
+def send(connection, method, path, body=None, headers=None):
+    payload = None if body is None else json.dumps(body).encode()
+    connection.request(method, path, body=payload, headers={**JSON, **(headers or {})})
+    answer = connection.getresponse()
+    return Answer(answer.status, answer.read())
+
+
+def all_at_once(port, calls):
+    """Run each `call(connection)` on a thread and connection of its own, all released together."""
+    barrier = threading.Barrier(len(calls))
+    results = [None] * len(calls)
+    errors = []
+
+    def run(index, call):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.connect()
+            barrier.wait(timeout=30)
+            results[index] = call(connection)
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+            barrier.abort()
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i, call)) for i, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a request thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def start_call(user, device, stream="stream"):
+    return lambda connection: send(
+        connection, "POST", "/concurrency", {"userId": user, "deviceId": device, "streamId": stream}
+    )
+
+
+def stop_session(port, sid, token):
+    answer = request(port, "DELETE", "/concurrency", {"sessionKey": sid, "token": token})
+    assert answer.status == 204, answer.body
+
+
+def unescape(value):
+    return value.replace("%7C", "|").replace("%25", "%")
+
+
+def stored_sessions(client):
+    """Return {sid: (user, device, stream)} of every field of every bucket, expired or not."""
+    sessions = {}
+    for key in client.scan_iter(match="cs:*"):
+        for sid, value in client.hgetall(key).items():
+            _expires, _started, user, device, stream = value.decode().split("|")
+            sessions[sid.decode()] = (unescape(user), unescape(device), unescape(stream))
+    return sessions
+
+
+def sessions_of(client, user):
+    return {sid: entry for sid, entry in stored_sessions(client).items() if entry[0] == user}
+
+
+def test_concurrent_starts_for_one_user_admit_exactly_the_limit(server, real_redis):
+    user = f"racer-{uuid.uuid4().hex[:8]}"
+    threads = 60
+    for round_number in range(5):
+        devices = [f"r{round_number}-device-{i}" for i in range(threads)]
+        answers = all_at_once(server.port, [start_call(user, device) for device in devices])
+
+        statuses = collections.Counter(answer.status for answer in answers)
+        assert statuses == {200: MAX_STREAMS, 403: threads - MAX_STREAMS}, (round_number, statuses)
+        admitted = {
+            answer.body["sessionKey"]: (answer.body["token"], device)
+            for answer, device in zip(answers, devices, strict=True)
+            if answer.status == 200
+        }
+        assert len(admitted) == MAX_STREAMS
+        assert all(a.body["status"] == "initiated" for a in answers if a.status == 200)
+        for answer in answers:
+            if answer.status == 403:
+                assert answer.body["error"] == "limit_reached"
+                assert {s["sessionKey"] for s in answer.body["sessions"]} == set(admitted)
+
+        stored = sessions_of(real_redis, user)
+        assert {sid: device for sid, (_u, device, _s) in stored.items()} == {
+            sid: device for sid, (_token, device) in admitted.items()
+        }
+
+        for sid, (token, _device) in admitted.items():
+            stop_session(server.port, sid, token)
+        assert sessions_of(real_redis, user) == {}
+
+
+def test_concurrent_starts_for_many_users_admit_the_limit_each(server, real_redis):
+    users = [f"crowd-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
+    calls = [(user, f"device-{d}") for user in users for d in range(8)]
+    answers = all_at_once(server.port, [start_call(user, device) for user, device in calls])
+
+    admitted = collections.Counter(
+        user for (user, _), a in zip(calls, answers, strict=True) if a.status == 200
+    )
+    refused = collections.Counter(
+        user for (user, _), a in zip(calls, answers, strict=True) if a.status == 403
+    )
+    assert {a.status for a in answers} <= {200, 403}
+    assert admitted == dict.fromkeys(users, MAX_STREAMS)
+    assert refused == dict.fromkeys(users, 8 - MAX_STREAMS)
+    per_user = collections.Counter(user for user, _d, _s in stored_sessions(real_redis).values())
+    assert per_user == dict.fromkeys(users, MAX_STREAMS)
+
+
+def test_concurrent_identical_starts_make_one_session(server, real_redis):
+    for _round in range(3):
+        user = f"twin-{uuid.uuid4().hex[:8]}"
+        answers = all_at_once(server.port, [start_call(user, "tv", "final")] * 20)
+        assert [a.status for a in answers] == [200] * 20
+        assert len({a.body["sessionKey"] for a in answers}) == 1
+        assert collections.Counter(a.body["status"] for a in answers) == {"initiated": 1, "updated": 19}
+        sid = answers[0].body["sessionKey"]
+        assert sessions_of(real_redis, user) == {sid: (user, "tv", "final")}
+
+
+def test_heartbeats_racing_a_stop_never_bring_the_session_back(server, real_redis):
+    sessions = []
+    for i in range(10):
+        answer = request(
+            server.port, "POST", "/concurrency", {"userId": f"hb-{i}", "deviceId": "d", "streamId": "s"}
+        )
+        assert answer.status == 200
+        sessions.append((answer.json()["sessionKey"], answer.json()["token"]))
+
+    def heartbeat_call(sid, token):
+        return lambda c: send(c, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
+
+    def stop_call(sid, token):
+        return lambda c: send(c, "DELETE", "/concurrency", {"sessionKey": sid, "token": token})
+
+    calls, kinds = [], []
+    for sid, token in sessions:
+        for _ in range(4):
+            calls.append(heartbeat_call(sid, token))
+            kinds.append("heartbeat")
+        calls.append(stop_call(sid, token))
+        kinds.append("stop")
+    answers = all_at_once(server.port, calls)
+
+    for kind, answer in zip(kinds, answers, strict=True):
+        assert answer.status in ({204} if kind == "stop" else {200, 410}), (kind, answer.status, answer.body)
+    assert stored_sessions(real_redis) == {}
+    fresh_tokens = [(a.body["sessionKey"], a.body["token"]) for a in answers if a.status == 200]
+    for sid, token in sessions + fresh_tokens:
+        answer = request(server.port, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
+        assert answer.status == 410, answer.body
+    assert stored_sessions(real_redis) == {}
+
+
+class Player:
+    """One device of one user, driven by one thread; it knows whether its session is live."""
+
+    def __init__(self, port, user, device, seed):
+        self.port = port
+        self.user = user
+        self.device = device
+        self.live = None  # (sid, token) while admitted
+        self.ended = []  # (sid, token) of sessions this player stopped
+        self.refused = 0
+        self._random = random.Random(seed)
+
+    def play(self, connection, steps):
+        for _ in range(steps):
+            action = self._random.choice(("start", "start", "heartbeat", "stop"))
+            getattr(self, action)(connection)
+
+    def start(self, connection):
+        body = {"userId": self.user, "deviceId": self.device, "streamId": "stream"}
+        answer = send(connection, "POST", "/concurrency", body)
+        if self.live is None:
+            assert answer.status in (200, 403), answer.body
+            if answer.status == 403:
+                self.refused += 1
+                assert answer.body["error"] == "limit_reached"
+                assert len(answer.body["sessions"]) == MAX_STREAMS
+            else:
+                assert answer.body["status"] == "initiated"
+                self.live = (answer.body["sessionKey"], answer.body["token"])
+        else:
+            assert answer.status == 200, answer.body  # renewing a live session never hits the limit
+            assert answer.body["status"] == "updated"
+            assert answer.body["sessionKey"] == self.live[0]
+            self.live = (self.live[0], answer.body["token"])
+
+    def heartbeat(self, connection):
+        if self.live is not None:
+            sid, token = self.live
+            answer = send(connection, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
+            assert answer.status == 200, answer.body
+            self.live = (sid, answer.body["token"])
+        elif self.ended:
+            sid, token = self.ended[-1]
+            answer = send(connection, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
+            assert answer.status == 410, answer.body
+
+    def stop(self, connection):
+        if self.live is not None:
+            sid, token = self.live
+            answer = send(connection, "DELETE", "/concurrency", {"sessionKey": sid, "token": token})
+            assert answer.status == 204, answer.body
+            self.ended.append(self.live)
+            self.live = None
+
+
+def test_mixed_start_heartbeat_stop_leave_exactly_the_live_sessions(server, real_redis):
+    users = [f"mix-{u}-{uuid.uuid4().hex[:6]}" for u in range(6)]
+    players = [
+        Player(server.port, user, f"device-{d}", seed=u * 100 + d)
+        for u, user in enumerate(users)
+        for d in range(6)
+    ]
+    all_at_once(server.port, [lambda c, p=p: p.play(c, 15) for p in players])
+
+    believed = {p.live[0]: (p.user, p.device, "stream") for p in players if p.live is not None}
+    assert stored_sessions(real_redis) == believed
+    field_count = sum(real_redis.hlen(key) for key in real_redis.scan_iter(match="cs:*"))
+    assert field_count == len(believed)
+    per_user = collections.Counter(user for user, _d, _s in believed.values())
+    assert max(per_user.values()) <= MAX_STREAMS
+    assert any(p.ended for p in players), "the mix never stopped a session"
+    assert sum(p.refused for p in players) > 0, "the mix never reached the limit"
+
+    for player in players:
+        for sid, token in player.ended:
+            answer = request(server.port, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
+            assert answer.status == 410
+    assert stored_sessions(real_redis) == believed
