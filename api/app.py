@@ -14,6 +14,7 @@ from . import resources
 from .concurrency import Concurrency
 from .config import Config
 from .errors import InvalidToken, ServiceError, StoreUnavailable
+from .identity import Identity
 from .store import RedisStore, connect
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,11 @@ log = logging.getLogger(__name__)
 OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.yaml")
 
 
-def create_app(config, store, keyring):
+def create_app(config, store, keyring, identity=None):
     """Return the WSGI app over the given config, session store and keyring; no side effects."""
     tokens = Tokens(keyring, config.issuer, config.audience, config.token_leeway_s)
-    concurrency = Concurrency(store, tokens, config.max_streams, config.session_ttl_s)
+    concurrency = Concurrency(store, tokens, config)
+    identity = identity or Identity(config)
 
     app = falcon.App(cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
@@ -36,9 +38,12 @@ def create_app(config, store, keyring):
     app.add_route("/health", health)
     app.add_route("/healthz", health)
     app.add_route("/readyz", resources.Ready(store, keyring))
-    app.add_route("/concurrency", resources.LegacyConcurrency(concurrency, config))
-    app.add_route("/v1/sessions", resources.Sessions(concurrency, config))
+    app.add_route("/concurrency", resources.LegacyConcurrency(concurrency, identity, config))
+    app.add_route("/v1/sessions", resources.Sessions(concurrency, identity, config))
     app.add_route("/v1/sessions/{session_id}", resources.Session(concurrency, config))
+    user_sessions = resources.UserSessions(concurrency, identity, config)
+    app.add_route("/v1/users/{user_id}/sessions", user_sessions)
+    app.add_route("/v1/users/{user_id}/sessions/{session_id}", user_sessions, suffix="one")
     app.add_route("/.well-known/jwks.json", resources.Jwks(keyring, config.jwks_max_age_s))
     app.add_route("/openapi.yaml", resources.OpenApi(OPENAPI_PATH.read_bytes()))
     return app

@@ -6,6 +6,9 @@ import os
 ENV_PREFIX = "CONCURRENCY_"
 
 
+AT_LIMIT_CHOICES = ("reject", "evict-oldest")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
 
@@ -16,7 +19,12 @@ class Config:
     redis_mode: str = "standalone"  # or "cluster"
     redis_timeout_s: float = 0.25
     max_streams: int = 3
+    stream_limit: int = 0  # sessions of one streamId per user; 0: no such limit
+    at_limit: str = "reject"  # or "evict-oldest"
     session_ttl_s: int = 60
+    resume: bool = True  # re-admit a session whose Redis entry was lost, while its token is valid
+    on_store_error: str = "closed"  # "open": admit with short-lived degraded tokens while Redis is down
+    degraded_ttl_s: int = 60
     buckets: int = 65536
     keys_dir: str = "keys.d"
     issuer: str = "concurrency-service"
@@ -26,6 +34,16 @@ class Config:
     max_body_bytes: int = 4096
     max_id_chars: int = 256
     retry_after_s: int = 1
+    admin_token: str = ""  # secret for the session-management routes; empty: no admin access
+    user_jwks: str = ""  # URL or file of the identity provider's JWKS; set: starts need a user token
+    user_issuer: str = ""
+    user_audience: str = ""
+    user_algorithms: str = "RS256,ES256,EdDSA"
+    limit_claim: str = "climit"
+    behaviour_claim: str = "cbeh"
+    plan_claim: str = "plan"
+    plan_limits: str = ""  # e.g. "basic=1,standard=2,premium=4"
+    plan_at_limit: str = ""  # e.g. "premium=evict-oldest"
 
     def __post_init__(self):
         positive = (
@@ -38,8 +56,32 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
-        if self.redis_mode not in ("standalone", "cluster"):
-            raise ConfigError(f"{self.env_name('redis_mode')} must be 'standalone' or 'cluster'")
+        choices = {
+            "redis_mode": ("standalone", "cluster"),
+            "at_limit": AT_LIMIT_CHOICES,
+            "on_store_error": ("closed", "open"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{self.env_name(name)} must be one of {', '.join(allowed)}")
+        for name in ("plan_limits", "plan_at_limit"):
+            for plan, value in self.plan_map(name).items():
+                if name == "plan_limits" and not (value.isdigit() and int(value) > 0):
+                    raise ConfigError(
+                        f"{self.env_name(name)}: limit of plan {plan!r} must be a positive integer"
+                    )
+                if name == "plan_at_limit" and value not in AT_LIMIT_CHOICES:
+                    raise ConfigError(
+                        f"{self.env_name(name)}: plan {plan!r} must be one of reject, evict-oldest"
+                    )
+
+    def plan_map(self, name):
+        """Parse a `plan=value,plan=value` setting."""
+        raw = getattr(self, name).strip()
+        pairs = [item.partition("=") for item in raw.split(",")] if raw else []
+        if any(not sep or not plan.strip() for plan, sep, _ in pairs):
+            raise ConfigError(f"{self.env_name(name)} must look like 'basic=1,premium=4'")
+        return {plan.strip(): value.strip() for plan, _, value in pairs}
 
     @staticmethod
     def env_name(field_name):
@@ -56,9 +98,18 @@ class Config:
                 continue
             kind = type(field.default)
             try:
-                values[field.name] = kind(raw)
+                values[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError:
                 raise ConfigError(
                     f"{cls.env_name(field.name)}={raw!r} is not a valid {kind.__name__}"
                 ) from None
         return cls(**values, **overrides)
+
+
+def _parse_bool(raw):
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)

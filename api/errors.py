@@ -23,9 +23,19 @@ class InvalidToken(ServiceError):
     code = "invalid_token"
 
 
+class Forbidden(ServiceError):
+    status = "403 Forbidden"
+    code = "forbidden"
+
+
 class LimitReached(ServiceError):
     status = "403 Forbidden"
     code = "limit_reached"
+
+
+class NotFound(ServiceError):
+    status = "404 Not Found"
+    code = "not_found"
 
 
 class SessionGone(ServiceError):

@@ -23,14 +23,19 @@ def read_json(req, max_bytes):
     return body
 
 
-def require_strings(body, limits):
-    """Return the fields named in `limits`, each a non-empty string no longer than its limit; no others."""
+def require_strings(body, limits, optional=()):
+    """Return the fields named in `limits`, each a non-empty string no longer than its limit; no others.
+
+    A field named in `optional` may be absent and is then None."""
     unknown = sorted(set(body) - set(limits))
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
     values = []
     for name, max_chars in limits.items():
         value = body.get(name)
+        if value is None and name in optional:
+            values.append(None)
+            continue
         if value is None:
             raise BadRequest(f"field {name!r} is required", field=name)
         if not isinstance(value, str):
@@ -43,12 +48,12 @@ def require_strings(body, limits):
     return values
 
 
-def bearer_token(req):
+def bearer_token(req, what="session token"):
     """Return the token of an `Authorization: Bearer` header."""
     header = req.get_header("Authorization")
     if not header:
-        raise InvalidToken("Authorization: Bearer <session token> is required")
+        raise InvalidToken(f"Authorization: Bearer <{what}> is required")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise InvalidToken("Authorization header must be 'Bearer <session token>'")
+        raise InvalidToken(f"Authorization header must be 'Bearer <{what}>'")
     return token.strip()

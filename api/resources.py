@@ -4,56 +4,47 @@ import falcon
 
 from keys.tokens import MAX_TOKEN_CHARS
 
-from .errors import BadRequest
+from .errors import BadRequest, NotFound
 from .requests import bearer_token, read_json, require_strings
 
 
 class LegacyConcurrency:
     """`/concurrency`: the seed's contract, kept field for field."""
 
-    def __init__(self, concurrency, config):
+    def __init__(self, concurrency, identity, config):
         self._concurrency = concurrency
+        self._identity = identity
         self._config = config
-        self._start_fields = _start_fields(config)
-        self._session_fields = {
-            "sessionKey": config.max_id_chars,
-            "token": MAX_TOKEN_CHARS,
-        }
+        self._session_fields = {"sessionKey": config.max_id_chars, "token": MAX_TOKEN_CHARS}
 
     def on_post(self, req, resp):
-        user, device, stream = self._fields(req, self._start_fields)
-        admission, token = self._concurrency.start(user, device, stream)
-        resp.media = {
-            "sessionKey": admission.session.sid,
-            "token": token,
-            "status": admission.status,
-        }
+        admission, token = _start(req, self._concurrency, self._identity, self._config)
+        resp.media = {"sessionKey": admission.session.sid, "token": token, "status": admission.status}
 
     def on_put(self, req, resp):
-        sid, token = self._fields(req, self._session_fields)
+        sid, token = self._fields(req)
         session, fresh = self._concurrency.heartbeat(token, sid)
         resp.media = {"sessionKey": session.sid, "token": fresh, "status": "updated"}
 
     def on_delete(self, req, resp):
-        sid, token = self._fields(req, self._session_fields)
+        sid, token = self._fields(req)
         self._concurrency.stop(token, sid)
         resp.status = falcon.HTTP_204
 
-    def _fields(self, req, limits):
-        return require_strings(read_json(req, self._config.max_body_bytes), limits)
+    def _fields(self, req):
+        return require_strings(read_json(req, self._config.max_body_bytes), self._session_fields)
 
 
 class Sessions:
     """`/v1/sessions`: start a session."""
 
-    def __init__(self, concurrency, config):
+    def __init__(self, concurrency, identity, config):
         self._concurrency = concurrency
+        self._identity = identity
         self._config = config
 
     def on_post(self, req, resp):
-        body = read_json(req, self._config.max_body_bytes)
-        user, device, stream = require_strings(body, _start_fields(self._config))
-        admission, token = self._concurrency.start(user, device, stream)
+        admission, token = _start(req, self._concurrency, self._identity, self._config)
         sid = admission.session.sid
         if admission.status == "initiated":
             resp.status = falcon.HTTP_201
@@ -69,14 +60,59 @@ class Session:
         self._config = config
 
     def on_put(self, req, resp, session_id):
-        _check_id(session_id, self._config)
+        _check_id("sessionId", session_id, self._config)
         session, token = self._concurrency.heartbeat(bearer_token(req), session_id)
         resp.media = _session_body(session.sid, token, "updated", self._config)
 
     def on_delete(self, req, resp, session_id):
-        _check_id(session_id, self._config)
+        _check_id("sessionId", session_id, self._config)
         self._concurrency.stop(bearer_token(req), session_id)
         resp.status = falcon.HTTP_204
+
+
+class UserSessions:
+    """`/v1/users/{userId}/sessions`: the account owner's view; list or stop all."""
+
+    def __init__(self, concurrency, identity, config):
+        self._concurrency = concurrency
+        self._identity = identity
+        self._config = config
+
+    def on_get(self, req, resp, user_id):
+        self._authorize(req, user_id)
+        now_ms, sessions = self._concurrency.sessions(user_id)
+        ttl_ms = self._concurrency.ttl_s * 1000
+        resp.media = {
+            "userId": user_id,
+            "now": now_ms // 1000,
+            "sessions": [
+                {
+                    "sessionId": s.sid,
+                    "deviceId": s.device,
+                    "streamId": s.stream,
+                    "started": s.started_ms // 1000,
+                    "lastHeartbeat": (s.expires_ms - ttl_ms) // 1000,
+                    "expires": s.expires_ms // 1000,
+                }
+                for s in sessions
+            ],
+        }
+
+    def on_delete(self, req, resp, user_id):
+        self._authorize(req, user_id)
+        self._concurrency.kick(user_id)
+        resp.status = falcon.HTTP_204
+
+    def on_delete_one(self, req, resp, user_id, session_id):
+        self._authorize(req, user_id)
+        _check_id("sessionId", session_id, self._config)
+        if not self._concurrency.kick(user_id, session_id):
+            raise NotFound(f"user {user_id!r} has no live session {session_id!r}")
+        resp.status = falcon.HTTP_204
+
+    def _authorize(self, req, user_id):
+        _check_id("userId", user_id, self._config)
+        self._identity.authorize_owner(req, user_id)
 
 
 class Jwks:
@@ -132,8 +168,13 @@ class OpenApi:
         resp.data = self._document
 
 
-def _start_fields(config):
-    return dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
+def _start(req, concurrency, identity, config):
+    """Read a start request, decide who the user is and what they may play, and start the session."""
+    body = read_json(req, config.max_body_bytes)
+    fields = dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
+    body_user, device, stream = require_strings(body, fields, optional=("userId",) * identity.required)
+    user, policy = identity.start_user(req, body_user)
+    return concurrency.start(user, device, stream, policy)
 
 
 def _session_body(sid, token, status, config):
@@ -145,6 +186,6 @@ def _session_body(sid, token, status, config):
     }
 
 
-def _check_id(value, config):
+def _check_id(name, value, config):
     if len(value) > config.max_id_chars:
-        raise BadRequest(f"session id is longer than {config.max_id_chars} characters")
+        raise BadRequest(f"{name} is longer than {config.max_id_chars} characters", field=name)

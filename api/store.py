@@ -37,6 +37,16 @@ class Session:
     device: str
     stream: str
     started_ms: int | None = None
+    expires_ms: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What a user may play: at most `limit` sessions, `stream_limit` of one stream (0: no such limit)."""
+
+    limit: int
+    stream_limit: int = 0
+    evict_oldest: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +54,7 @@ class Admission:
     session: Session
     status: str  # "initiated" or "updated"
     now_ms: int
+    evicted: tuple = ()
 
 
 def connect(config):
@@ -70,42 +81,60 @@ class RedisStore:
         self._admit = client.register_script(scripts.ADMIT)
         self._refresh = client.register_script(scripts.REFRESH)
         self._release = client.register_script(scripts.RELEASE)
+        self._kick = client.register_script(scripts.KICK)
+        self._list = client.register_script(scripts.LIST)
 
     def bucket_key(self, user):
         """Return the hash holding `user`'s sessions; its tag is a hash, so ids never pick a slot."""
         digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
         return "cs:{%x}" % (int.from_bytes(digest, "big") % self._buckets)
 
-    def admit(self, user, device, stream, limit, ttl_ms):
-        """Start a session, or renew the same user+device+stream; raise LimitReached at the limit."""
-        args = (
-            escape(user),
-            escape(device),
-            escape(stream),
-            self._new_sid(),
-            ttl_ms,
-            limit,
-        )
+    def admit(self, user, device, stream, policy, ttl_ms, tombstone_ms):
+        """Start a session or renew the same user+device+stream; at a limit evict or raise LimitReached."""
+        evict = "1" if policy.evict_oldest else "0"
+        args = (escape(user), escape(device), escape(stream), self._new_sid(), ttl_ms)
+        args += (policy.limit, policy.stream_limit, evict, tombstone_ms)
         reply = self._call(self._admit, user, args)
-        status = reply[0].decode()
-        if status == "limit":
+        status, now_ms = reply[0].decode(), int(reply[1])
+        if status in ("limit", "stream_limit"):
+            limit, what = (policy.limit, "streams") if status == "limit" else (policy.stream_limit, "devices")
             raise LimitReached(
-                f"user already plays {limit} of {limit} allowed streams",
-                sessions=_holders(reply[2:]),
+                f"user already plays {limit} of {limit} allowed {what}"
+                + (" of this stream" * (what == "devices")),
+                limit=limit,
+                scope="account" if status == "limit" else "stream",
+                sessions=[_public(s) for s in _sessions(user, reply[2:])],
             )
-        session = Session(user, reply[1].decode(), device, stream)
-        return Admission(session, status, int(reply[2]))
+        session = Session(user, reply[2].decode(), device, stream)
+        return Admission(session, status, now_ms, tuple(sid.decode() for sid in reply[3:]))
 
-    def refresh(self, session, ttl_ms):
-        """Extend a live session; raise SessionGone if it ended or expired. Return server ms."""
-        reply = self._call(self._refresh, session.user, (session.sid, escape(session.user), ttl_ms))
-        if reply[0] == b"gone":
-            raise SessionGone("session has ended or expired; stop playback", reason="ended")
-        return int(reply[1])
+    def refresh(self, session, ttl_ms, token_exp_ms=0, limit=0):
+        """Extend a live session, or resume a lost one; raise SessionGone(reason) if it ended.
 
-    def release(self, session):
+        Return (status, server ms) with status "updated" or "resumed"."""
+        args = (session.sid, escape(session.user), ttl_ms, token_exp_ms, limit)
+        args += (escape(session.device), escape(session.stream))
+        reply = self._call(self._refresh, session.user, args)
+        status, now_ms = reply[0].decode(), int(reply[1])
+        if status == "gone":
+            reason = reply[2].decode()
+            raise SessionGone(f"session has ended ({reason}); stop playback", reason=reason)
+        return status, now_ms
+
+    def release(self, session, tombstone_ms):
         """End a session at once; return whether it was live."""
-        return bool(self._call(self._release, session.user, (session.sid, escape(session.user))))
+        args = (session.sid, escape(session.user), tombstone_ms)
+        return bool(self._call(self._release, session.user, args))
+
+    def kick(self, user, sid, tombstone_ms):
+        """End one session of `user` (or all when `sid` is None); return the sids ended."""
+        reply = self._call(self._kick, user, (escape(user), sid or "", tombstone_ms))
+        return [sid.decode() for sid in reply]
+
+    def sessions(self, user):
+        """Return (server ms, the live sessions of `user`, oldest first)."""
+        reply = self._call(self._list, user, (escape(user),))
+        return int(reply[0]), _sessions(user, reply[1:])
 
     def ping(self):
         try:
@@ -121,13 +150,26 @@ class RedisStore:
             raise StoreUnavailable("session store is unavailable; retry shortly") from None
 
 
-def _holders(flat):
+def _sessions(user, flat):
+    """Decode the scripts' flattened listing: sid, started, expires, device, stream (times base 36)."""
     return [
-        {
-            "sessionKey": flat[i].decode(),
-            "started": int(flat[i + 1], 36) // 1000,
-            "deviceId": unescape(flat[i + 2].decode()),
-            "streamId": unescape(flat[i + 3].decode()),
-        }
-        for i in range(0, len(flat), 4)
+        Session(
+            user,
+            flat[i].decode(),
+            unescape(flat[i + 3].decode()),
+            unescape(flat[i + 4].decode()),
+            started_ms=int(flat[i + 1], 36),
+            expires_ms=int(flat[i + 2], 36),
+        )
+        for i in range(0, len(flat), 5)
     ]
+
+
+def _public(session):
+    """Return a session as the 403 listing shows it."""
+    return {
+        "sessionKey": session.sid,
+        "deviceId": session.device,
+        "streamId": session.stream,
+        "started": session.started_ms // 1000,
+    }

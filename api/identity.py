@@ -1,0 +1,118 @@
+"""Who is asking (user access tokens, the admin secret) and what a user may play."""
+
+import hmac
+import json
+import logging
+
+import jwt
+
+from .errors import BadRequest, Forbidden, InvalidToken
+from .requests import bearer_token
+from .store import Policy
+
+log = logging.getLogger(__name__)
+
+JWKS_FETCH_TIMEOUT_S = 2
+JWKS_CACHE_S = 300
+
+
+class Identity:
+    """Verify user access tokens (when configured) and decide each user's policy."""
+
+    def __init__(self, config, jwk_client=None):
+        self._config = config
+        self._algorithms = [a.strip() for a in config.user_algorithms.split(",") if a.strip()]
+        self._plan_limits = {plan: int(n) for plan, n in config.plan_map("plan_limits").items()}
+        self._plan_at_limit = config.plan_map("plan_at_limit")
+        self._jwk_client = jwk_client or _jwk_client(config.user_jwks)
+
+    @property
+    def required(self):
+        """Whether starting a session needs a verified user token."""
+        return self._jwk_client is not None
+
+    def user_claims(self, req):
+        """Return the verified claims of the request's user access token."""
+        token = bearer_token(req, "user access token")
+        try:
+            key = self._jwk_client.get_signing_key_from_jwt(token)
+            if key.algorithm_name not in self._algorithms:
+                raise InvalidToken("user token algorithm is not allowed")
+            return jwt.decode(
+                token,
+                key,
+                algorithms=[key.algorithm_name],
+                issuer=self._config.user_issuer or None,
+                audience=self._config.user_audience or None,
+                leeway=self._config.token_leeway_s,
+                options={"require": ["sub", "exp"], "verify_aud": bool(self._config.user_audience)},
+            )
+        except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as exc:
+            raise InvalidToken(f"user token is invalid: {exc}") from None
+
+    def policy(self, claims=None):
+        """Return the limits for a user: from the token's limit claim, else its plan, else the defaults."""
+        config = self._config
+        claims = claims or {}
+        plan = claims.get(config.plan_claim)
+        limit = claims.get(config.limit_claim)
+        if not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+            limit = (
+                self._plan_limits.get(plan, config.max_streams)
+                if isinstance(plan, str)
+                else config.max_streams
+            )
+        behaviour = claims.get(config.behaviour_claim)
+        if behaviour not in ("reject", "evict-oldest"):
+            behaviour = (
+                self._plan_at_limit.get(plan, config.at_limit) if isinstance(plan, str) else config.at_limit
+            )
+        return Policy(limit, config.stream_limit, behaviour == "evict-oldest")
+
+    def start_user(self, req, body_user):
+        """Return (user, policy) for a start: from the verified token when required, else the body."""
+        if not self.required:
+            if body_user is None:
+                raise BadRequest("field 'userId' is required", field="userId")
+            return body_user, self.policy()
+        claims = self.user_claims(req)
+        if body_user is not None and body_user != claims["sub"]:
+            raise Forbidden("userId does not match the user token", field="userId")
+        return claims["sub"], self.policy(claims)
+
+    def authorize_owner(self, req, user):
+        """Allow the user themself (verified user token) or an operator with the admin secret."""
+        if not (self._config.admin_token or self.required):
+            raise Forbidden("session management is not enabled: configure an admin token or user tokens")
+        token = bearer_token(req, "admin secret or user access token")
+        if self._config.admin_token and hmac.compare_digest(
+            token.encode(), self._config.admin_token.encode()
+        ):
+            return
+        if not self.required:
+            raise InvalidToken("admin secret is wrong")
+        if self.user_claims(req)["sub"] != user:
+            raise Forbidden("a user may only manage their own sessions")
+
+
+def _jwk_client(source):
+    """Return something with `get_signing_key_from_jwt`: a cached JWKS URL client or a fixed file."""
+    if not source:
+        return None
+    if source.startswith(("https://", "http://")):
+        return jwt.PyJWKClient(source, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=JWKS_FETCH_TIMEOUT_S)
+    with open(source, encoding="utf-8") as file:
+        return _FileJwks(json.load(file))
+
+
+class _FileJwks:
+    """A JWKS read from a file once; PyJWKClient's interface, without the network."""
+
+    def __init__(self, document):
+        self._keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(document).keys}
+
+    def get_signing_key_from_jwt(self, token):
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid not in self._keys:
+            raise jwt.PyJWKClientError(f"no key with kid {kid!r}")
+        return self._keys[kid]
