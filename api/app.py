@@ -15,6 +15,7 @@ from .concurrency import Concurrency
 from .config import Config
 from .errors import InvalidToken, ServiceError, StoreUnavailable
 from .identity import Identity
+from .observability import Metrics, MetricsResource, Observe, configure_logging
 from .store import RedisStore, connect
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,14 @@ log = logging.getLogger(__name__)
 OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.yaml")
 
 
-def create_app(config, store, keyring, identity=None):
+def create_app(config, store, keyring, identity=None, metrics=None):
     """Return the WSGI app over the given config, session store and keyring; no side effects."""
+    metrics = metrics or Metrics()
     tokens = Tokens(keyring, config.issuer, config.audience, config.token_leeway_s)
-    concurrency = Concurrency(store, tokens, config)
+    concurrency = Concurrency(store, tokens, config, count=metrics.count)
     identity = identity or Identity(config)
 
-    app = falcon.App(cors_enable=False)
+    app = falcon.App(middleware=[Observe(metrics, config.access_log)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_serialize_http_error)
     app.add_error_handler(ServiceError, functools.partial(_handle_service_error, config.retry_after_s))
@@ -46,12 +48,14 @@ def create_app(config, store, keyring, identity=None):
     app.add_route("/v1/users/{user_id}/sessions/{session_id}", user_sessions, suffix="one")
     app.add_route("/.well-known/jwks.json", resources.Jwks(keyring, config.jwks_max_age_s))
     app.add_route("/openapi.yaml", resources.OpenApi(OPENAPI_PATH.read_bytes()))
+    app.add_route("/metrics", MetricsResource(metrics))
     return app
 
 
 def get_app(environ=None):
     """Build the app from CONCURRENCY_* variables: the entry point for WSGI servers."""
     config = Config.from_env() if environ is None else Config.from_env(environ)
+    configure_logging(config.log_level)
     store = RedisStore(connect(config), config.buckets)
     keyring = Keyring.from_dir(config.keys_dir)
     _ = keyring.signing_key  # fail at boot, not on the first request, when no key is active
@@ -62,10 +66,8 @@ def _handle_service_error(retry_after_s, req, resp, exc, params):
     resp.status = exc.status
     resp.media = {"error": exc.code, "message": exc.message, **exc.details}
     if isinstance(exc, InvalidToken):
-        resp.set_header(
-            "WWW-Authenticate",
-            f'Bearer error="invalid_token", error_description="{exc.message}"',
-        )
+        text = exc.message.replace("\\", "").replace('"', "'")
+        resp.set_header("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"')
     elif isinstance(exc, StoreUnavailable):
         resp.set_header("Retry-After", str(retry_after_s))
 

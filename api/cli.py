@@ -1,14 +1,17 @@
 """`concurrency-service`: run the server and manage signing keys."""
 
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 
 from keys import cli as keys_cli
 from keys.keyring import Keyring
 from keys.store import KeyStoreError
 
 from .config import Config, ConfigError
+from .observability import MULTIPROC_ENV
 
 
 def main(argv=None):
@@ -44,9 +47,21 @@ def _serve(args):
             file=sys.stderr,
         )
         return 2
-    from .server import run_gunicorn
+    with _metrics_dir():
+        from .server import run_gunicorn
 
-    run_gunicorn(args.bind, args.workers, args.threads)
+        run_gunicorn(args.bind, args.workers, args.threads)
+
+
+@contextlib.contextmanager
+def _metrics_dir():
+    """Give the workers a fresh directory to share Prometheus figures through, unless one is set."""
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="concurrency-metrics-") as directory:
+        os.environ[MULTIPROC_ENV] = directory
+        yield
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 class Concurrency:
     """Admit, refresh and release sessions and hand out their tokens."""
 
-    def __init__(self, store, tokens, config, clock=time.time, metrics=None):
+    def __init__(self, store, tokens, config, count=lambda event, n=1: None, clock=time.time):
         self._store = store
         self._tokens = tokens
         self._ttl_s = config.session_ttl_s
@@ -21,8 +21,8 @@ class Concurrency:
         self._tombstone_ms = (config.session_ttl_s + config.token_leeway_s) * 1000
         self._resume = config.resume
         self._fail_open = config.on_store_error == "open"
+        self._count = count  # count(event, n): evicted, kicked, resumed, degraded
         self._clock = clock
-        self._metrics = metrics
 
     def start(self, user, device, stream, policy):
         """Return (admission, token) for a new or renewed session; raise LimitReached at the limit."""
@@ -35,9 +35,11 @@ class Concurrency:
                 raise
             session = Session(user, new_session_id(), device, stream)
             log.warning("store down: admitting %s degraded", session.sid)
+            self._count("degraded")
             return Admission(session, "initiated", 0), self._sign_degraded(session, policy.limit)
         for sid in admission.evicted:
             log.info("evicted session %s of user %s", sid, user)
+        self._count("evicted", len(admission.evicted))
         return admission, self._sign(admission.session, admission.now_ms, policy.limit)
 
     def heartbeat(self, token, sid):
@@ -51,9 +53,11 @@ class Concurrency:
         except StoreUnavailable:
             if not (self._fail_open and claims.get("degraded")):
                 raise
+            self._count("degraded")
             return session, self._sign_degraded(session, limit)
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
+            self._count("resumed")
         return session, self._sign(session, now_ms, limit)
 
     def stop(self, token, sid):
@@ -62,7 +66,9 @@ class Concurrency:
 
     def kick(self, user, sid=None):
         """End one session of `user`, or all of them; return the sids ended."""
-        return self._store.kick(user, sid, self._tombstone_ms)
+        ended = self._store.kick(user, sid, self._tombstone_ms)
+        self._count("kicked", len(ended))
+        return ended
 
     def sessions(self, user):
         """Return (server ms, live sessions of `user`)."""

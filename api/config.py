@@ -34,6 +34,8 @@ class Config:
     max_body_bytes: int = 4096
     max_id_chars: int = 256
     retry_after_s: int = 1
+    access_log: bool = False  # one JSON line per request; metrics cover the counts either way
+    log_level: str = "INFO"
     admin_token: str = ""  # secret for the session-management routes; empty: no admin access
     user_jwks: str = ""  # URL or file of the identity provider's JWKS; set: starts need a user token
     user_issuer: str = ""

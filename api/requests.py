@@ -9,14 +9,16 @@ def read_json(req, max_bytes):
     """Return the request body as a JSON object, at most `max_bytes` long."""
     if req.content_length is not None and req.content_length > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # Without Content-Length (chunked), bounded_stream reads nothing; the server ends req.stream.
+    stream = req.bounded_stream if req.content_length is not None else req.stream
+    raw = stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     if not raw:
         raise BadRequest("request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -42,6 +44,8 @@ def require_strings(body, limits, optional=()):
             raise BadRequest(f"field {name!r} must be a string", field=name)
         if not value:
             raise BadRequest(f"field {name!r} must not be empty", field=name)
+        if not _encodable(value):
+            raise BadRequest(f"field {name!r} is not valid unicode text", field=name)
         if len(value) > max_chars:
             raise BadRequest(f"field {name!r} is longer than {max_chars} characters", field=name)
         values.append(value)
@@ -57,3 +61,11 @@ def bearer_token(req, what="session token"):
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidToken(f"Authorization header must be 'Bearer <{what}>'")
     return token.strip()
+
+
+def _encodable(value):
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape
+        return False
+    return True

@@ -18,8 +18,15 @@ class _Gunicorn(BaseApplication):
         return get_app()
 
 
+def _child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def run_gunicorn(bind, workers, threads):
     options = {"bind": bind, "workers": workers, "threads": threads, "accesslog": None}
+    options["child_exit"] = _child_exit
     options["control_socket_disable"] = True  # gunicorn >= 25 opens one in $HOME otherwise
     if threads > 1:
         options["worker_class"] = "gthread"

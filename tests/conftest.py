@@ -166,7 +166,7 @@ class ServerProcess:
             **os.environ,
             "CONCURRENCY_REDIS_URL": redis_url,
             "CONCURRENCY_KEYS_DIR": keys_dir,
-            **{f"CONCURRENCY_{k.upper()}": str(v) for k, v in env.items()},
+            **{Config.env_name(k): str(v) for k, v in env.items()},
         }
         command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
         command += ["--workers", str(workers), "--threads", str(threads)]

@@ -609,6 +609,7 @@ def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis)
     user = new_user()
     t0 = time.monotonic()
     sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    last_started = time.monotonic()  # on a loaded machine the starts may take a while
     claims = decode(server, sessions[0][1])[1]
     assert claims["exp"] - claims["iat"] == 1, "the server did not take the one-second TTL"
     assert all(0 < real_redis.pttl(key) <= 1000 for key in real_redis.scan_iter())
@@ -619,7 +620,7 @@ def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis)
     assert beat.status == 200
     keeper_token = beat.json()["token"]
 
-    time.sleep(max(0.0, t0 + 1.35 - time.monotonic()))
+    time.sleep(max(0.0, last_started + 1.1 - time.monotonic()))
     for sid, token in sessions[1:]:
         assert_error(heartbeat(server, sid, token), 410, "session_gone")
         assert_error(heartbeat(server, sid, token), 410, "session_gone")
