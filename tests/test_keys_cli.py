@@ -1,0 +1,113 @@
+"""`concurrency-service keys ...` as an operator runs it: output, exit codes, refusals, logging."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from api.cli import main
+
+
+@pytest.fixture
+def keys(tmp_path, monkeypatch, capsys):
+    """Run `concurrency-service keys ARGS --dir DIR` in-process; return (exit code, stdout, stderr)."""
+    directory = str(tmp_path / "keys")
+    monkeypatch.setenv("CONCURRENCY_KEYS_DIR", directory)
+    monkeypatch.delenv("CONCURRENCY_SIGNING_KEY_PEM", raising=False)
+
+    def run(*args):
+        code = main(["keys", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.directory = directory
+    return run
+
+
+def records(directory):
+    with open(os.path.join(directory, "keys.json")) as file:
+        return json.load(file)["keys"]
+
+
+def test_generate_prints_the_kid(keys):
+    code, out, err = keys("generate")
+    assert code == 0
+    kid = out.strip()
+    assert [r["kid"] for r in records(keys.directory)] == [kid]
+    assert "key generate" in err and kid in err  # every change is logged
+
+
+def test_generate_rs256_with_explicit_dir(keys, tmp_path):
+    other = str(tmp_path / "other")
+    code, out, _ = keys("generate", "--dir", other, "--alg", "RS256")
+    assert code == 0 and records(other)[0]["alg"] == "RS256"
+
+
+def test_list_shows_kid_alg_state_age(keys):
+    keys("generate")
+    keys("generate", "--alg", "EdDSA")
+    code, out, _ = keys("list")
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["KID", "ALG", "STATE", "AGE", "IN"]
+    assert "ES256" in lines[1] and "active" in lines[1]
+    assert "EdDSA" in lines[2] and "next" in lines[2]
+    code, out, _ = keys("list", "--json")
+    assert [r["state"] for r in json.loads(out)] == ["active", "next"]
+
+
+def test_rotate_waits_for_the_jwks_max_age_unless_forced(keys, monkeypatch):
+    keys("generate")
+    code, out, _ = keys("rotate")
+    assert code == 0 and "made next key" in out and "again after" in out
+    code, _, err = keys("rotate")
+    assert code == 2
+    assert "verifiers may cache the JWKS for 300 s" in err and "--force" in err
+    monkeypatch.setenv("CONCURRENCY_JWKS_MAX_AGE", "0")
+    code, out, _ = keys("rotate")
+    assert code == 0 and "signs from" in out
+
+
+def test_rotate_force_then_prune_then_jwks(keys):
+    first = keys("generate")[1].strip()
+    code, out, err = keys("rotate", "--force")
+    assert code == 0 and f"{first} is retiring" in out and "key activate" in err
+    code, _, err = keys("retire", first, "--force")
+    assert code == 2 and f"{first} still signs until" in err
+    code, out, _ = keys("prune")
+    assert code == 0 and f"{first} stays retiring until" in out
+    code, out, _ = keys("jwks")
+    published = [k["kid"] for k in json.loads(out)["keys"]]
+    assert published[0] == first and len(published) == 3
+
+
+def test_revoke_refuses_to_leave_no_active_key(keys):
+    kid = keys("generate")[1].strip()
+    code, _, err = keys("revoke", kid)
+    assert code == 2 and "only active key" in err
+    assert records(keys.directory)[0]["state"] == "active"
+
+
+def test_emergency_revocation(keys):
+    old = keys("generate")[1].strip()
+    assert keys("rotate", "--force")[0] == 0
+    code, out, _ = keys("revoke", old)
+    assert code == 0 and "signs from now" in out and f"{old} is revoked" in out
+    code, out, _ = keys("jwks")
+    assert old not in out
+
+
+def test_bad_directory_is_a_clear_error(keys):
+    keys("generate")
+    with open(os.path.join(keys.directory, "keys.json"), "w") as file:
+        file.write("{")
+    code, _, err = keys("list")
+    assert code == 2 and "keys.json: corrupt or half-written key manifest" in err
+
+
+def test_installed_command(tmp_path):
+    """The console script runs the same commands as a subprocess (as the runbook does)."""
+    command = [sys.executable, "-m", "api.cli", "keys", "generate", "--dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+    assert len(done.stdout.strip()) == 43

@@ -1,0 +1,209 @@
+"""The key lifecycle: rotate, retire, revoke, prune, and the refusals that protect live tokens."""
+
+import os
+
+import pytest
+
+from keys.keyring import KeySet
+from keys.rotation import ACTIVATION_MARGIN_S, Lifecycle, Policy, RotationRefused
+from keys.store import KeyStore, KeyStoreError
+
+POLICY = Policy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1_800_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    return KeyStore(str(tmp_path), clock=clock)
+
+
+@pytest.fixture
+def lifecycle(store, clock):
+    return Lifecycle(store, POLICY, clock=clock)
+
+
+def states(store):
+    return {r["kid"]: r["state"] for r in store.records()}
+
+
+def by_state(store, state):
+    return [r["kid"] for r in store.records() if r["state"] == state]
+
+
+def audit(store):
+    with open(os.path.join(store.directory, "keys.log")) as file:
+        return file.read()
+
+
+def test_rotate_without_next_key_makes_one_and_says_wait(store, lifecycle):
+    active = store.generate("ES256")
+    said = lifecycle.rotate()
+    (made,) = by_state(store, "next")
+    assert by_state(store, "active") == [active]
+    assert f"made next key {made}" in said[0]
+    assert "run `concurrency-service keys rotate` again after" in said[1]
+
+
+def test_rotate_refuses_a_next_key_younger_than_the_jwks_max_age(store, lifecycle, clock):
+    store.generate("ES256")
+    store.generate("ES256")
+    clock.now += 299
+    with pytest.raises(
+        RotationRefused, match="published for 299 s, but verifiers may cache the JWKS for 300 s"
+    ):
+        lifecycle.rotate()
+
+
+def test_rotate_moves_every_state_and_schedules_the_switch(store, lifecycle, clock):
+    old = store.generate("ES256")
+    nxt = store.generate("EdDSA")
+    clock.now += 300
+    said = lifecycle.rotate()
+    records = {r["kid"]: r for r in store.records()}
+    (successor,) = by_state(store, "next")
+    assert (records[old]["state"], records[nxt]["state"]) == ("retiring", "active")
+    switch = clock.now + POLICY.reload_interval_s + ACTIVATION_MARGIN_S
+    assert records[nxt]["times"]["active"] == switch == records[old]["times"]["retiring"]
+    assert records[successor]["alg"] == "EdDSA"
+    assert any(f"{nxt} signs from" in line for line in said)
+    keys = KeySet(store.load())
+    assert keys.signing_at(clock.now).kid == old
+    assert keys.signing_at(switch).kid == nxt
+    assert set(keys.verifying) == {old, nxt}
+    assert {k["kid"] for k in keys.jwks["keys"]} == {old, nxt, successor}
+    for action in ("activate", "retire-signing", "generate"):
+        assert f'"action": "{action}"' in audit(store)
+
+
+def test_rotate_force_activates_a_young_or_missing_next_key(store, lifecycle):
+    old = store.generate("RS256")
+    lifecycle.rotate(force=True)
+    (new,) = by_state(store, "active")
+    assert by_state(store, "retiring") == [old]
+    assert new != old and len(by_state(store, "next")) == 1
+    assert {r["alg"] for r in store.records()} == {"RS256"}
+
+
+def test_rotate_refuses_while_a_switch_is_pending(store, lifecycle):
+    store.generate("ES256")
+    lifecycle.rotate(force=True)
+    with pytest.raises(RotationRefused, match="a rotation is already under way"):
+        lifecycle.rotate(force=True)
+
+
+def test_retire_refuses_the_active_key(store, lifecycle):
+    active = store.generate("ES256")
+    with pytest.raises(RotationRefused, match="is the active key"):
+        lifecycle.retire(active)
+    assert states(store)[active] == "active"
+
+
+def test_retire_a_next_key(store, lifecycle):
+    store.generate("ES256")
+    nxt = store.generate("ES256")
+    lifecycle.retire(nxt)
+    assert states(store)[nxt] == "retired"
+    assert not os.path.exists(os.path.join(store.directory, f"{nxt}.pem"))
+
+
+def test_retire_a_retiring_key_waits_for_its_tokens(store, lifecycle, clock):
+    old = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    clock.now += 10
+    with pytest.raises(RotationRefused, match="may be valid until"):
+        lifecycle.retire(old)
+    lifecycle.retire(old, force=True)
+    assert states(store)[old] == "retired"
+
+
+def test_revoke_refuses_the_only_active_key(store, lifecycle):
+    active = store.generate("ES256")
+    with pytest.raises(
+        RotationRefused, match="only active key; run `concurrency-service keys rotate --force`"
+    ):
+        lifecycle.revoke(active)
+
+
+def test_revoke_during_a_switch_makes_the_new_key_sign_now(store, lifecycle, clock):
+    old = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    (new,) = by_state(store, "active")
+    said = lifecycle.revoke(old)
+    assert f"{new} signs from now" in said
+    keys = KeySet(store.load())
+    assert keys.signing_at(clock.now).kid == new
+    assert old not in keys.verifying and old not in {k["kid"] for k in keys.jwks["keys"]}
+    assert not os.path.exists(os.path.join(store.directory, f"{old}.pem"))
+    assert '"action": "revoke"' in audit(store)
+
+
+def test_revoke_is_final(store, lifecycle):
+    store.generate("ES256")
+    nxt = store.generate("ES256")
+    lifecycle.revoke(nxt)
+    with pytest.raises(RotationRefused, match="already revoked"):
+        lifecycle.revoke(nxt)
+    with pytest.raises(RotationRefused, match="already revoked"):
+        lifecycle.retire(nxt)
+
+
+def test_unknown_kid(lifecycle, store):
+    store.generate("ES256")
+    with pytest.raises(KeyStoreError, match="no key nope"):
+        lifecycle.revoke("nope")
+
+
+def test_prune_waits_for_the_longest_token_lifetime_plus_leeway(store, lifecycle, clock):
+    old = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    switch = next(r for r in store.records() if r["kid"] == old)["times"]["retiring"]
+    clock.now = switch + POLICY.token_lifetime_s + POLICY.leeway_s - 0.5
+    said = lifecycle.prune()
+    assert states(store)[old] == "retiring" and "stays retiring until" in said[0]
+    clock.now += 0.5
+    said = lifecycle.prune()
+    assert states(store)[old] == "retired" and said == [f"{old} is retired (its last token expired)"]
+    assert not os.path.exists(os.path.join(store.directory, f"{old}.pem"))
+    assert lifecycle.prune() == ["nothing to prune"]
+
+
+def test_prune_removes_stale_temporary_files(store, lifecycle, clock):
+    store.generate("ES256")
+    stale = os.path.join(store.directory, ".tmp-crashed")
+    with open(stale, "w") as file:
+        file.write("half")
+    os.utime(stale, (clock.now - 7200, clock.now - 7200))
+    fresh = os.path.join(store.directory, ".tmp-writing")
+    with open(fresh, "w") as file:
+        file.write("half")
+    os.utime(fresh, (clock.now, clock.now))
+    lifecycle.prune()
+    assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
+def test_there_is_always_a_signing_key(store, lifecycle, clock):
+    """Walk several rotations, revocations and prunes; at every step some key signs and no gap opens."""
+    store.generate("ES256")
+    for step in range(4):
+        clock.now += 400
+        lifecycle.rotate()
+        for offset in (0, 1, 2, 3):
+            assert KeySet(store.load()).signing_at(clock.now + offset) is not None
+        if step == 2:
+            lifecycle.revoke(by_state(store, "retiring")[0])
+        clock.now += 100
+        lifecycle.prune()
+        assert KeySet(store.load()).signing_at(clock.now) is not None
+    assert len(by_state(store, "active")) == 1 and len(by_state(store, "next")) == 1

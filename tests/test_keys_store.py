@@ -1,0 +1,225 @@
+"""The key directory: formats, permissions, atomic writes and clear errors naming the file."""
+
+import json
+import os
+import stat
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc.jwk import ECKey
+
+from keys.store import MANIFEST, KeyStore, KeyStoreError, generate_private_key, pem_of, thumbprint
+
+
+@pytest.fixture
+def store(tmp_path):
+    return KeyStore(str(tmp_path / "keys"))
+
+
+def manifest(store):
+    with open(store.manifest_path) as file:
+        return json.load(file)
+
+
+def test_first_key_is_active_then_next(store):
+    first = store.generate("ES256")
+    second = store.generate("EdDSA")
+    records = {r["kid"]: r for r in manifest(store)["keys"]}
+    assert records[first]["state"] == "active" and records[second]["state"] == "next"
+    assert records[second]["alg"] == "EdDSA"
+    assert records[second]["times"] == {"next": records[second]["created"]}
+    assert stat.S_IMODE(os.stat(store.directory).st_mode) == 0o700
+    for kid in (first, second):
+        assert stat.S_IMODE(os.stat(os.path.join(store.directory, f"{kid}.pem")).st_mode) == 0o600
+    assert not [n for n in os.listdir(store.directory) if n.startswith(".tmp-")]
+
+
+def test_kid_is_the_rfc7638_thumbprint(store):
+    kid = store.generate("ES256")
+    (key,) = store.load()
+    jwk = ECKey.import_key(key.public_jwk())
+    assert kid == jwk.thumbprint()
+
+
+def test_load_gives_private_keys_of_published_keys_only(store):
+    store.generate("ES256")
+    keys = store.load()
+    assert keys[0].private_key is not None
+    assert "d" not in keys[0].public_jwk()
+
+
+def test_missing_directory_is_empty(tmp_path):
+    assert KeyStore(str(tmp_path / "nowhere")).load() == []
+
+
+def test_group_readable_private_key_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    os.chmod(path, 0o640)
+    with pytest.raises(KeyStoreError, match=f"{path}: private key is readable by others; run chmod 600"):
+        store.load()
+
+
+def test_corrupt_manifest_names_the_file(store):
+    store.generate("ES256")
+    with open(store.manifest_path) as file:
+        text = file.read()
+    with open(store.manifest_path, "w") as file:
+        file.write(text[: len(text) // 2])  # half-written, as a careless copy would leave it
+    with pytest.raises(KeyStoreError, match=f"{store.manifest_path}: corrupt or half-written"):
+        store.load()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(kid="../../etc/passwd"), "bad kid"),
+        (lambda r: r.update(alg="HS256"), "alg must be one of"),
+        (lambda r: r.update(state="on"), "state must be one of"),
+        (lambda r: r.update(created="yesterday"), "times must be numbers"),
+        (lambda r: r["times"].update(someday=1), "times are named by state"),
+    ],
+)
+def test_bad_manifest_record_names_the_file(store, change, message):
+    store.generate("ES256")
+    data = manifest(store)
+    change(data["keys"][0])
+    with open(store.manifest_path, "w") as file:
+        json.dump(data, file)
+    with pytest.raises(KeyStoreError, match=message) as raised:
+        store.load()
+    assert MANIFEST in str(raised.value)
+
+
+def test_half_written_private_key_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    with open(path, "rb") as file:
+        pem = file.read()
+    with open(path, "wb") as file:
+        file.write(pem[: len(pem) // 2])
+    with pytest.raises(KeyStoreError, match=f"{path}: not a readable"):
+        store.load()
+
+
+def test_missing_private_key_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    os.unlink(path)
+    with pytest.raises(KeyStoreError, match=f"{path}: private key file is missing"):
+        store.load()
+
+
+def test_swapped_private_key_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    with open(path, "wb") as file:
+        file.write(pem_of(generate_private_key("ES256")))
+    with pytest.raises(KeyStoreError, match=f"{path}: key does not match its kid"):
+        store.load()
+
+
+def test_private_key_of_another_algorithm_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    with open(path, "wb") as file:
+        file.write(pem_of(generate_private_key("EdDSA")))
+    with pytest.raises(KeyStoreError, match=f"{path}: EdDSA key, but keys.json says ES256"):
+        store.load()
+
+
+def test_failed_write_leaves_no_partial_file(store, monkeypatch):
+    store.generate("ES256")
+    before = manifest(store)
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        store.generate("ES256")
+    monkeypatch.undo()
+    assert manifest(store) == before
+    assert not [n for n in os.listdir(store.directory) if n.startswith(".tmp-")]
+
+
+def test_fingerprint_follows_key_files_only(store):
+    store.generate("ES256")
+    before = store.fingerprint()
+    assert store.fingerprint() == before
+    with open(os.path.join(store.directory, "notes.txt"), "w") as file:
+        file.write("unrelated")
+    store.changed("note", "-")  # the audit log is not a key file either
+    assert store.fingerprint() == before
+    store.generate("ES256")
+    assert store.fingerprint() != before
+
+
+def test_every_change_is_audited(store):
+    kid = store.generate("ES256")
+    with open(os.path.join(store.directory, "keys.log")) as file:
+        entries = [json.loads(line) for line in file]
+    assert entries[-1]["action"] == "generate" and entries[-1]["kid"] == kid
+    assert {"time", "user", "alg", "state"} <= set(entries[-1])
+
+
+def test_unsupported_algorithm(store):
+    with pytest.raises(KeyStoreError, match="unsupported algorithm 'HS256'"):
+        store.generate("HS256")
+
+
+# -- one key from the environment ----------------------------------------------------------------------
+
+
+def pem(private_key):
+    return pem_of(private_key).decode()
+
+
+def test_environment_key_alone_is_active(tmp_path):
+    private_key = ec.generate_private_key(ec.SECP256R1())
+    (key,) = KeyStore(str(tmp_path), env_pem=pem(private_key)).load()
+    assert (key.state, key.alg, key.source) == ("active", "ES256", "env")
+    assert key.kid == thumbprint("ES256", private_key.public_key())
+
+
+def test_environment_key_hands_over_to_a_directory_key(tmp_path):
+    env = pem(ec.generate_private_key(ec.SECP256R1()))
+    store = KeyStore(str(tmp_path), env_pem=env)
+    kid = store.generate("ES256")
+    assert (
+        next(r for r in store.records() if r["kid"] == kid)["state"] == "next"
+    )  # the env key signs meanwhile
+    records = store.records()
+    records[0].update(state="active", times={"active": 5.0})
+    with store.locked():
+        store.save(records)
+    env_key, dir_key = store.load()
+    assert (env_key.state, env_key.active_until) == ("retiring", 5.0)
+    assert dir_key.state == "active"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n", "not a readable"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_environment_key_errors_name_the_variable(tmp_path, value, message):
+    store = KeyStore(str(tmp_path), env_pem=value)
+    if message is None:
+        assert store.load() == []
+    else:
+        with pytest.raises(KeyStoreError, match=r"^\$CONCURRENCY_SIGNING_KEY_PEM: " + message):
+            store.load()
+
+
+def test_environment_key_too_weak(tmp_path):
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    text = weak.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    with pytest.raises(KeyStoreError, match="unsupported key type"):
+        KeyStore(str(tmp_path), env_pem=text).load()
