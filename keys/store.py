@@ -23,9 +23,11 @@ import stat
 import tempfile
 import time
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
 STATES = ("next", "active", "retiring", "retired", "revoked")
@@ -42,7 +44,10 @@ log = logging.getLogger(__name__)
 
 _KID = re.compile(r"[A-Za-z0-9_-]{43}")  # a base64url SHA-256 thumbprint; also safe as a file name
 _JWK_EXPORTERS = {"ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "RS256": RSAAlgorithm}
-_JWS_ALGORITHMS = get_default_algorithms()
+# Made once: building them costs a few microseconds on every signature otherwise.
+_SHA256 = hashes.SHA256()
+_ECDSA_SHA256 = ec.ECDSA(_SHA256)
+_PKCS1 = padding.PKCS1v15()
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
     "OKP": ("crv", "kty", "x"),
@@ -83,10 +88,6 @@ class SigningKey:
     def header_segment(self):
         return b64url(json.dumps(self.header, separators=(",", ":")).encode())
 
-    @functools.cached_property
-    def algorithm(self):
-        return _JWS_ALGORITHMS[self.alg]
-
     @property
     def active_from(self):
         """When this key starts (or started) signing; `None` for keys that never signed."""
@@ -98,10 +99,29 @@ class SigningKey:
         return self.times.get("retiring", math.inf) if self.state == "retiring" else math.inf
 
     def sign(self, data):
-        return self.algorithm.sign(data, self.private_key)
+        """Return the JWS signature of `data` (for ES256 the fixed-size r || s of RFC 7518, not DER)."""
+        if self.alg == "ES256":
+            r, s = decode_dss_signature(self.private_key.sign(data, _ECDSA_SHA256))
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        if self.alg == "EdDSA":
+            return self.private_key.sign(data)
+        return self.private_key.sign(data, _PKCS1, _SHA256)
 
     def verify(self, signature, data):
-        return self.algorithm.verify(data, self.public_key, signature)
+        """Return whether `signature` is this key's JWS signature of `data`."""
+        try:
+            if self.alg == "ES256":
+                if len(signature) != 64:
+                    return False
+                r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                self.public_key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
+            elif self.alg == "EdDSA":
+                self.public_key.verify(signature, data)
+            else:
+                self.public_key.verify(signature, data, _PKCS1, _SHA256)
+        except InvalidSignature:
+            return False
+        return True
 
     def public_jwk(self):
         """Return the public JWK with `kid`, `alg` and `use`; never private members."""

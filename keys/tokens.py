@@ -1,8 +1,8 @@
 """Session tokens: sign with the active key, verify per RFC 8725 against our own key set only.
 
-Compact JWS framing and the claim checks are done here in a few lines, and the signature itself by PyJWT's
-algorithm objects over `cryptography`: `jwt.encode`/`jwt.decode` cost about as much again as the signature
-operations on every heartbeat. Verification is deliberately narrower than a general JOSE library: only
+Compact JWS framing and the claim checks are done here in a few lines, the signatures by `cryptography`
+(keys/store.py): `jwt.encode`/`jwt.decode` cost about as much again as the signature operations on every
+heartbeat. Verification is deliberately narrower than a general JOSE library: only
 the exact header we write (`alg`, `kid`, `typ`), the key named by `kid` from our own set with that key's
 one algorithm, a fixed claim set, and strict compact serialization.
 """
@@ -26,6 +26,7 @@ REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti", "device", "s
 STRING_CLAIMS = ("sub", "sid", "jti", "device", "stream")
 MAX_TOKEN_CHARS = 4096
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # made once, as json.dumps(..., separators) is not
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
@@ -58,7 +59,7 @@ class Tokens:
             "jti": secrets.token_urlsafe(12),
             **(extra or {}),
         }
-        signing_input = key.header_segment + b"." + b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = key.header_segment + b"." + b64url(_ENCODE(claims).encode())
         return (signing_input + b"." + b64url(key.sign(signing_input))).decode()
 
     def verify(self, token):
@@ -125,9 +126,14 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
+_JSON = json.JSONDecoder(
+    parse_constant=_no_constants
+)  # made once: json.loads(..., parse_constant) makes one a call
+
+
 def _json_object(segment, part):
     try:
-        value = json.loads(_b64decode(segment, part), parse_constant=_no_constants)
+        value = _JSON.decode(_b64decode(segment, part).decode())
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidToken(f"token {part} is not a JSON object") from None
     if not isinstance(value, dict):
