@@ -1,0 +1,1 @@
+"""The benchmark: drive start, heartbeat and stop with wrk and compare them with the crypto floor."""

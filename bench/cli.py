@@ -1,0 +1,98 @@
+"""`scripts/bench`: start Redis and the service, drive start, heartbeat and stop with wrk, print figures."""
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+
+from . import report, suite, wrk
+from .processes import BenchError
+
+DEFAULTS = suite.Options()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    option = parser.add_argument
+    option("--server", default=DEFAULTS.server, help="gunicorn, or another `serve --server` choice")
+    option("--workers", type=int, default=DEFAULTS.workers, help="worker processes (%(default)s)")
+    option("--threads", type=int, default=DEFAULTS.threads, help="threads per worker (%(default)s)")
+    option("--connections", type=int, default=DEFAULTS.connections, help="wrk connections (%(default)s)")
+    option("--duration", type=int, default=DEFAULTS.duration_s, help="seconds per run (%(default)s)")
+    option("--ops", default=",".join(DEFAULTS.ops), help="comma-separated, of %(default)s")
+    option(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        help="server on CPU 0, wrk and Redis on the others (default: on for one worker)",
+    )
+    option(
+        "--paced",
+        type=float,
+        default=DEFAULTS.paced,
+        help="also run each op at this share of its saturated rate, for latency below saturation; 0 skips",
+    )
+    option("--warmup", type=int, default=DEFAULTS.warmup_s, help="seconds of starts first (%(default)s)")
+    option(
+        "--memory-sessions",
+        type=int,
+        default=DEFAULTS.memory_sessions,
+        help="sessions for the Redis memory figure (%(default)s); 0 skips it",
+    )
+    option(
+        "--crypto-iterations",
+        type=int,
+        default=DEFAULTS.crypto_iterations,
+        help="ES256 signs and verifies timed for the floor (%(default)s)",
+    )
+    option("--json", action="store_true", help="print the figures as JSON instead of the table")
+    args = parser.parse_args(argv)
+    ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
+    unknown = sorted(set(ops) - set(wrk.OPS))
+    if unknown or not ops:
+        parser.error(f"--ops takes some of {','.join(wrk.OPS)}")
+    if args.workers < 1 or args.threads < 1 or args.connections < 1 or args.duration < 1:
+        parser.error("--workers, --threads, --connections and --duration must be at least 1")
+    if not 0 <= args.paced < 1:
+        parser.error("--paced is a share of the saturated rate: at least 0, below 1")
+    return suite.Options(
+        ops=ops,
+        server=args.server,
+        workers=args.workers,
+        threads=args.threads,
+        connections=args.connections,
+        duration_s=args.duration,
+        warmup_s=max(0, args.warmup),
+        pin=args.workers == 1 if args.pin is None else args.pin,
+        paced=args.paced,
+        memory_sessions=max(0, args.memory_sessions),
+        crypto_iterations=max(10, args.crypto_iterations),
+    ), args.json
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through every `with`, which stops what it started
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    options, as_json = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a parent shell ignores it
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+
+    def log(message):
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    try:
+        result = suite.run(options, log)
+    except KeyboardInterrupt:
+        log("interrupted; stopped everything it had started")
+        return 130
+    except BenchError as exc:
+        log(str(exc))
+        return 1
+    result["command"] = shlex.join(["scripts/bench", *argv])
+    result["targets"] = [{"name": n, "value": v, "met": met} for n, v, met in report.targets(result)]
+    print(json.dumps(result, indent=2) if as_json else report.table(result))
+    return 0

@@ -1,0 +1,138 @@
+"""The figures of a run as a table for people, with the product's targets checked."""
+
+FLOOR_SHARE_TARGET = 0.5
+P99_TARGET_MS = 5.0
+
+
+def targets(result):
+    """Return the PRODUCT.md performance targets this run can judge: (name, value text, met)."""
+    ops = result.get("ops", {})
+    rows = []
+    if "heartbeat" in ops:
+        share = ops["heartbeat"]["floor_ratio"]
+        rows.append(("heartbeat ≥ 50 % of the crypto floor", f"{share:.1%}", share >= FLOOR_SHARE_TARGET))
+    if "start" in ops and "heartbeat" in ops and ops["heartbeat"]["rps"]:
+        ratio = ops["start"]["rps"] / ops["heartbeat"]["rps"]
+        rows.append(("start ≥ heartbeat (req/s)", f"{ratio:.2f} ×", ratio >= 1))
+    for op, figures in ops.items():
+        if "paced" in figures:
+            p99 = figures["paced"]["p99_ms"]
+            name = f"{op} p99 ≤ 5 ms at {result['setup']['connections']} connections, paced"
+            rows.append((name, f"{p99:.2f} ms", p99 <= P99_TARGET_MS))
+    if "memory" in result:
+        store, seed = result["memory"]["store_bytes_per_session"], result["memory"]["seed_bytes_per_session"]
+        rows.append(("Redis bytes per session ≤ seed model", f"{store:.1f} vs {seed:.1f}", store <= seed))
+    return rows
+
+
+def table(result):
+    """Return the human report of a run."""
+    setup, machine = result["setup"], result["machine"]
+    lines = [f"concurrency-service benchmark, {result['date']}: {result.get('command', 'scripts/bench')}"]
+    lines.append(
+        f"machine  {machine['cpus']} CPUs, {machine['cpu_model']}; Linux {machine['kernel']}; "
+        f"Python {machine['python']}; redis-server {machine.get('redis', '?')}; {setup['wrk']}"
+    )
+    lines.append(
+        f"         load average {machine['loadavg_before'][0]:.2f} before, "
+        f"{machine.get('loadavg_after', [float('nan')])[0]:.2f} after (other work here skews figures)"
+    )
+    server_on = f"on CPU {_cpus(setup['server_cpus'])}" if setup["server_cpus"] else "unpinned"
+    load_on = f"on CPU {_cpus(setup['load_cpus'])}" if setup["load_cpus"] else "unpinned"
+    lines.append(
+        f"setup    {setup['server']}, {setup['workers']} worker(s) × {setup['threads']} thread(s) "
+        f"{server_on}; "
+        f"wrk -t1 -c{setup['connections']} -d{setup['duration_s']}s and redis-server {load_on}"
+    )
+    if "crypto" in result:
+        crypto = result["crypto"]
+        lines.append(
+            f"crypto   ES256 verify {crypto['verify_us']:.1f} µs + sign {crypto['sign_us']:.1f} µs "
+            f"{'on CPU ' + _cpus(crypto['cpus']) if crypto['cpus'] else 'unpinned'} "
+            f"→ floor {crypto['floor_per_s']:,.0f} /s"
+        )
+    if result.get("ops"):
+        lines += ["", *_ops_table(result["ops"], setup)]
+    if "memory" in result:
+        memory = result["memory"]
+        store, seed = memory["store_bytes_per_session"], memory["seed_bytes_per_session"]
+        lines += [
+            "",
+            f"Redis used_memory growth at {memory['sessions']:,} live sessions (one per user, short ids):",
+            f"  seed model, one string key per slot  {seed:7.1f} B/session",
+            f"  this service's store (admit script)  {store:7.1f} B/session  ({store / seed:.2f} × seed)",
+        ]
+    rows = targets(result)
+    if rows:
+        width = max(len(name) for name, _, _ in rows)
+        lines += ["", "targets (PRODUCT.md)"]
+        lines += [f"  {'met ' if met else 'MISS'}  {name:<{width}}  {value}" for name, value, met in rows]
+    return "\n".join(lines)
+
+
+def _ops_table(ops, setup):
+    header = [
+        "op",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "non-2xx",
+        "of floor",
+        "CPU µs/op",
+        "busy",
+        "RT/op",
+        "scripts/op",
+    ]
+    paced = any("paced" in figures for figures in ops.values())
+    if paced:
+        header += ["paced req/s", "paced p50", "paced p99", "paced non-2xx"]
+    rows = [header]
+    notes = []
+    for op, figures in ops.items():
+        row = [
+            op,
+            f"{figures['rps']:,.0f}",
+            f"{figures['p50_ms']:.2f}",
+            f"{figures['p99_ms']:.2f}",
+            str(figures["non_2xx"]),
+            f"{figures['floor_ratio']:.1%}",
+            _number(figures.get("server_cpu_us"), "{:.0f}"),
+            _number(figures.get("server_busy"), "{:.0%}"),
+            f"{figures['redis']['round_trips']:.2f}",
+            f"{figures['redis']['scripts']:.2f}",
+        ]
+        if paced:
+            slow = figures.get("paced")
+            if slow:
+                row += [f"{slow['rps']:,.0f}", f"{slow['p50_ms']:.2f}", f"{slow['p99_ms']:.2f}"]
+                row.append(str(slow["non_2xx"]))
+            else:
+                row += ["-"] * 4
+        rows.append(row)
+        for name, run in (("saturated", figures), ("paced", figures.get("paced"))):
+            if run and run["non_2xx"]:
+                notes.append(f"{op} ({name}): statuses {run['statuses']}")
+            if run and run["reused"]:
+                notes.append(f"{op} ({name}): {run['reused']} requests reused a session (the list ran out)")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        for row in rows
+    ]
+    lines.append("req/s and latency under saturation: every wrk connection always has a request out.")
+    if paced:
+        lines.append(f"paced: each connection pauses, for ~{setup['paced']:.0%} of the saturated rate.")
+    lines.append(
+        "CPU µs/op: the server's CPU time (all its processes) per request; busy: that time per second "
+        "of run, in cores."
+    )
+    lines.append("RT/op: Redis round trips (read events) per request; scripts/op: EVALSHA, EVAL or FCALL.")
+    return lines + notes
+
+
+def _number(value, form):
+    return "-" if value is None else form.format(value)
+
+
+def _cpus(cpus):
+    return ",".join(str(cpu) for cpu in cpus)

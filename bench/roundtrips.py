@@ -1,0 +1,45 @@
+"""Redis work per request, from the difference of two INFO snapshots around a run.
+
+Round trips are the read events Redis processed (`total_reads_processed`): one per request a
+client sends and waits for, however many commands it pipelines or a script runs. Commandstats
+also counts the commands that scripts call, so it tells what each request costs inside Redis.
+"""
+
+import dataclasses
+
+SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
+OWN_COMMANDS = frozenset({"info"})  # the snapshots themselves
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    reads: int
+    calls: dict  # command -> calls
+
+
+def snapshot(client):
+    """Take one INFO of stats and commandstats (itself one read)."""
+    info = client.info("stats", "commandstats")
+    calls = {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in info.items()
+        if name.startswith("cmdstat_")
+    }
+    return Snapshot(int(info["total_reads_processed"]), calls)
+
+
+def per_request(before, after, requests):
+    """Return round trips, script calls and every command per request between two snapshots."""
+    if requests <= 0:
+        return {"round_trips": 0.0, "scripts": 0.0, "commands": {}}
+    commands = {}
+    for name, calls in after.calls.items():
+        delta = calls - before.calls.get(name, 0)
+        if delta and name not in OWN_COMMANDS:
+            commands[name] = delta / requests
+    reads = after.reads - before.reads - 1  # the read of the `after` INFO
+    return {
+        "round_trips": max(0, reads) / requests,
+        "scripts": sum(share for name, share in commands.items() if name in SCRIPT_COMMANDS),
+        "commands": dict(sorted(commands.items())),
+    }
