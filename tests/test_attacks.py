@@ -482,6 +482,6 @@ def test_real_server_64kb_token(live):
     legacy = server.request("PUT", "/concurrency", {"sessionKey": sid, "token": huge})
     assert legacy.status == 413
     bearer = _heartbeat(server, sid, huge)
-    assert 400 <= bearer.status < 500  # gunicorn refuses a header this large before the app sees it
+    assert 400 <= bearer.status < 500  # the HTTP server refuses a header this large (gunicorn: 431)
     assert time.perf_counter() - began < 2
     assert _heartbeat(server, sid, token).status == 200
