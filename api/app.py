@@ -66,7 +66,7 @@ def _handle_service_error(retry_after_s, req, resp, exc, params):
     resp.status = exc.status
     resp.media = {"error": exc.code, "message": exc.message, **exc.details}
     if isinstance(exc, InvalidToken):
-        text = exc.message.replace("\\", "").replace('"', "'")
+        text = exc.message.encode("ascii", "replace").decode().replace("\\", "").replace('"', "'")
         resp.set_header("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"')
     elif isinstance(exc, StoreUnavailable):
         resp.set_header("Retry-After", str(retry_after_s))

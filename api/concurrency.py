@@ -1,10 +1,11 @@
 """What start, heartbeat, stop and kick mean, apart from the HTTP shape of either API."""
 
+import dataclasses
 import logging
 import time
 
 from .errors import InvalidToken, StoreUnavailable
-from .store import Admission, Session, new_session_id
+from .store import Session, new_session_id
 
 log = logging.getLogger(__name__)
 
@@ -25,25 +26,21 @@ class Concurrency:
         self._clock = clock
 
     def start(self, user, device, stream, policy):
-        """Return (admission, token) for a new or renewed session; raise LimitReached at the limit."""
+        """Start or renew a session and return its Grant; raise LimitReached at the limit."""
         try:
-            admission = self._store.admit(
-                user, device, stream, policy, self._ttl_s * 1000, self._tombstone_ms
-            )
+            ttl_ms = self._ttl_s * 1000
+            admission = self._store.admit(user, device, stream, policy, ttl_ms, self._tombstone_ms)
         except StoreUnavailable:
             if not self._fail_open:
                 raise
-            session = Session(user, new_session_id(), device, stream)
-            log.warning("store down: admitting %s degraded", session.sid)
-            self._count("degraded")
-            return Admission(session, "initiated", 0), self._sign_degraded(session, policy.limit)
+            return self._degraded(Session(user, new_session_id(), device, stream), "initiated", policy.limit)
         for sid in admission.evicted:
             log.info("evicted session %s of user %s", sid, user)
         self._count("evicted", len(admission.evicted))
-        return admission, self._sign(admission.session, admission.now_ms, policy.limit)
+        return self._grant(admission.session, admission.status, admission.now_ms, policy.limit)
 
     def heartbeat(self, token, sid):
-        """Verify the token of session `sid`, extend the session and return a fresh token."""
+        """Verify the token of session `sid`, extend the session and return a Grant with a fresh token."""
         claims = self._tokens.verify(token)
         session = _session(claims, sid)
         limit = claims.get("lim", 0)
@@ -51,14 +48,13 @@ class Concurrency:
         try:
             status, now_ms = self._store.refresh(session, self._ttl_s * 1000, token_exp_ms, limit)
         except StoreUnavailable:
-            if not (self._fail_open and claims.get("degraded")):
+            if not self._fail_open:
                 raise
-            self._count("degraded")
-            return session, self._sign_degraded(session, limit)
+            return self._degraded(session, "updated", limit)
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
             self._count("resumed")
-        return session, self._sign(session, now_ms, limit)
+        return self._grant(session, "updated", now_ms, limit)
 
     def stop(self, token, sid):
         """Verify the token of session `sid` and end the session at once."""
@@ -78,13 +74,27 @@ class Concurrency:
     def ttl_s(self):
         return self._ttl_s
 
-    def _sign(self, session, now_ms, limit):
-        return self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})
+    def _grant(self, session, status, now_ms, limit):
+        token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})
+        return Grant(session, status, token, self._ttl_s)
 
-    def _sign_degraded(self, session, limit):
-        """Sign with the app clock: the store that keeps time is down."""
+    def _degraded(self, session, status, limit):
+        """Keep the player playing while the store is down: a short token signed on the app clock."""
+        log.warning("store down: session %s of user %s goes on degraded", session.sid, session.user)
+        self._count("degraded")
         extra = {"lim": limit, "degraded": True}
-        return self._tokens.sign(session, int(self._clock()), self._degraded_ttl_s, extra)
+        token = self._tokens.sign(session, int(self._clock()), self._degraded_ttl_s, extra)
+        return Grant(session, status, token, self._degraded_ttl_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grant:
+    """What a start or heartbeat hands back: the session, its status and a token valid `ttl_s`."""
+
+    session: Session
+    status: str  # "initiated" or "updated"
+    token: str
+    ttl_s: int
 
 
 def _session(claims, sid):

@@ -24,7 +24,7 @@ class Config:
     session_ttl_s: int = 60
     resume: bool = True  # re-admit a session whose Redis entry was lost, while its token is valid
     on_store_error: str = "closed"  # "open": admit with short-lived degraded tokens while Redis is down
-    degraded_ttl_s: int = 60
+    degraded_ttl_s: int = 45  # a little over one heartbeat interval
     buckets: int = 65536
     keys_dir: str = "keys.d"
     issuer: str = "concurrency-service"

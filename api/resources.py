@@ -18,13 +18,13 @@ class LegacyConcurrency:
         self._session_fields = {"sessionKey": config.max_id_chars, "token": MAX_TOKEN_CHARS}
 
     def on_post(self, req, resp):
-        admission, token = _start(req, self._concurrency, self._identity, self._config)
-        resp.media = {"sessionKey": admission.session.sid, "token": token, "status": admission.status}
+        grant = _start(req, self._concurrency, self._identity, self._config)
+        resp.media = {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
 
     def on_put(self, req, resp):
         sid, token = self._fields(req)
-        session, fresh = self._concurrency.heartbeat(token, sid)
-        resp.media = {"sessionKey": session.sid, "token": fresh, "status": "updated"}
+        grant = self._concurrency.heartbeat(token, sid)
+        resp.media = {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
 
     def on_delete(self, req, resp):
         sid, token = self._fields(req)
@@ -44,12 +44,11 @@ class Sessions:
         self._config = config
 
     def on_post(self, req, resp):
-        admission, token = _start(req, self._concurrency, self._identity, self._config)
-        sid = admission.session.sid
-        if admission.status == "initiated":
+        grant = _start(req, self._concurrency, self._identity, self._config)
+        if grant.status == "initiated":
             resp.status = falcon.HTTP_201
-            resp.location = f"/v1/sessions/{sid}"
-        resp.media = _session_body(sid, token, admission.status, self._config)
+            resp.location = f"/v1/sessions/{grant.session.sid}"
+        resp.media = _session_body(grant)
 
 
 class Session:
@@ -61,8 +60,7 @@ class Session:
 
     def on_put(self, req, resp, session_id):
         _check_id("sessionId", session_id, self._config)
-        session, token = self._concurrency.heartbeat(bearer_token(req), session_id)
-        resp.media = _session_body(session.sid, token, "updated", self._config)
+        resp.media = _session_body(self._concurrency.heartbeat(bearer_token(req), session_id))
 
     def on_delete(self, req, resp, session_id):
         _check_id("sessionId", session_id, self._config)
@@ -177,12 +175,12 @@ def _start(req, concurrency, identity, config):
     return concurrency.start(user, device, stream, policy)
 
 
-def _session_body(sid, token, status, config):
+def _session_body(grant):
     return {
-        "sessionId": sid,
-        "token": token,
-        "status": status,
-        "expiresIn": config.session_ttl_s,
+        "sessionId": grant.session.sid,
+        "token": grant.token,
+        "status": grant.status,
+        "expiresIn": grant.ttl_s,
     }
 
 
