@@ -10,8 +10,7 @@ from keys import cli as keys_cli
 from keys.keyring import Keyring
 from keys.store import KeyStoreError
 
-from .config import Config, ConfigError
-from .observability import MULTIPROC_ENV
+from .config import MULTIPROC_ENV, Config, ConfigError
 
 
 def main(argv=None):

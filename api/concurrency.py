@@ -4,7 +4,7 @@ import dataclasses
 import logging
 import time
 
-from .errors import InvalidToken, StoreUnavailable
+from .errors import InvalidToken, SessionGone, StoreUnavailable, TokenExpired
 from .store import Session, new_session_id
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ class Concurrency:
         # An ended session's tombstone outlives every token it was given, leeway included.
         self._tombstone_ms = (config.session_ttl_s + config.token_leeway_s) * 1000
         self._resume = config.resume
+        self._stream_limit = config.stream_limit
         self._fail_open = config.on_store_error == "open"
         self._count = count  # count(event, n): evicted, kicked, resumed, degraded
         self._clock = clock
@@ -41,12 +42,16 @@ class Concurrency:
 
     def heartbeat(self, token, sid):
         """Verify the token of session `sid`, extend the session and return a Grant with a fresh token."""
-        claims = self._tokens.verify(token)
+        try:
+            claims = self._tokens.verify(token)
+        except TokenExpired:
+            raise SessionGone("session has expired; stop playback", reason="expired") from None
         session = _session(claims, sid)
         limit = claims.get("lim", 0)
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
         try:
-            status, now_ms = self._store.refresh(session, self._ttl_s * 1000, token_exp_ms, limit)
+            ttl_ms = self._ttl_s * 1000
+            status, now_ms = self._store.refresh(session, ttl_ms, token_exp_ms, limit, self._stream_limit)
         except StoreUnavailable:
             if not self._fail_open:
                 raise

@@ -7,6 +7,9 @@ ENV_PREFIX = "CONCURRENCY_"
 
 
 AT_LIMIT_CHOICES = ("reject", "evict-oldest")
+# Where gunicorn's workers share Prometheus figures. prometheus_client reads it when first imported,
+# so `serve` sets it before anything imports that library.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ConfigError(ValueError):

@@ -28,6 +28,10 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
+class TokenExpired(InvalidToken):
+    """A genuine token past its `exp`: on a heartbeat, the session has expired."""
+
+
 class LimitReached(ServiceError):
     status = "403 Forbidden"
     code = "limit_reached"

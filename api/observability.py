@@ -11,7 +11,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from .config import MULTIPROC_ENV
+
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 _OPERATIONS = {

@@ -129,9 +129,9 @@ return {'initiated', now, sid, unpack(evicted)}
 )
 
 # KEYS[1] bucket; ARGV[1] sid, ARGV[2] user, ARGV[3] ttl ms, ARGV[4] token expiry ms (0: never
-# resume), ARGV[5] limit, ARGV[6] device, ARGV[7] stream.
+# resume), ARGV[5] limit, ARGV[6] device, ARGV[7] stream, ARGV[8] per-stream limit (0: none).
 # Extends a live session. A session with no entry at all (lost in a failover or flush) whose token
-# is still valid is re-admitted when the user is under the limit. Never revives an ended session.
+# is still valid is re-admitted when the user is under both limits. Never revives an ended session.
 # Returns {'updated', now} | {'resumed', now} | {'gone', now, reason}.
 REFRESH = (
     PRELUDE
@@ -151,7 +151,14 @@ if v then
   return {'updated', now}
 end
 if tonumber(ARGV[4]) <= now then return {'gone', now, 'expired'} end
-if #sessions_of(user) >= tonumber(ARGV[5]) then return {'gone', now, 'limit'} end
+local mine, same_stream = sessions_of(user), 0
+for _, s in ipairs(mine) do
+  if s.stream == ARGV[7] then same_stream = same_stream + 1 end
+end
+local stream_limit = tonumber(ARGV[8])
+if #mine >= tonumber(ARGV[5]) or (stream_limit > 0 and same_stream >= stream_limit) then
+  return {'gone', now, 'limit'}
+end
 add(sid, user, ARGV[6], ARGV[7], ttl)
 return {'resumed', now}
 """

@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 
-from api.errors import InvalidToken
+from api.errors import InvalidToken, TokenExpired
 
 from .keyring import NoSigningKey
 from .store import ALGORITHMS, b64url
@@ -94,7 +94,7 @@ class Tokens:
                 raise InvalidToken(f"token claim {name!r} must be a string")
         now = self._clock()
         if _seconds(claims, "exp") <= now - self._leeway_s:
-            raise InvalidToken("token has expired")
+            raise TokenExpired("token has expired")
         if _seconds(claims, "iat") > now + self._leeway_s:
             raise InvalidToken("token is issued in the future")
         if "nbf" in claims and _seconds(claims, "nbf") > now + self._leeway_s:

@@ -357,8 +357,9 @@ def test_tampered_payload(victim):
 
 
 def test_expired_token(victim):
+    """A genuine token past its exp ends the heartbeat with 410 expired: the player must stop."""
     now = int(time.time())
-    victim.assert_rejected(victim.signed(claims={**victim.claims, "iat": now - 600, "exp": now - 60}))
+    victim.assert_rejected(victim.signed(claims={**victim.claims, "iat": now - 600, "exp": now - 60}), 410)
 
 
 @pytest.mark.parametrize("exp", ["9999999999", 1e400, True, None])

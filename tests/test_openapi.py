@@ -685,12 +685,12 @@ def heartbeat_without_authorization(api):
     return api.client.simulate_put(f"/v1/sessions/{sid}")
 
 
-@provokes("put", "/v1/sessions/{sessionId}", 401)
+@provokes("put", "/v1/sessions/{sessionId}", 410)
 def heartbeat_with_an_expired_token(api):
     sid, _ = api.start()
     stale = api.token(sid, int(time.time()) - 3600)
     answer = api.client.simulate_put(f"/v1/sessions/{sid}", headers=api.bearer(stale))
-    assert "expired" in answer.json["message"]
+    assert answer.json["reason"] == "expired"
     return answer
 
 

@@ -302,3 +302,13 @@ def test_tombstones_expire(real_store, real_redis):
     time.sleep(0.4)
     real_store.admit("ann", "phone", "film", Policy(1), TTL_MS, TOMB_MS)  # the scan prunes the tombstone
     assert real_redis.hget(key, session.sid) is None
+
+
+def test_lost_session_does_not_resume_over_the_stream_limit(store, any_redis):
+    session = store.admit("ann", "tv", "match", Policy(5, stream_limit=1), TTL_MS, TOMB_MS).session
+    any_redis.flushall()
+    store.admit("ann", "phone", "match", Policy(5, stream_limit=1), TTL_MS, TOMB_MS)
+    with pytest.raises(SessionGone) as gone:
+        store.refresh(session, TTL_MS, far_future_ms(any_redis), 5, stream_limit=1)
+    assert gone.value.details["reason"] == "limit"
+    assert store.refresh(session, TTL_MS, far_future_ms(any_redis), 5)[0] == "resumed"  # no stream limit
