@@ -11,6 +11,7 @@ from keys.keyring import Keyring
 from keys.store import KeyStoreError
 
 from .config import MULTIPROC_ENV, Config, ConfigError
+from .server import SERVERS, run
 
 
 def main(argv=None):
@@ -20,7 +21,8 @@ def main(argv=None):
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
-    serve.add_argument("--threads", type=int, default=1, help="threads per worker")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker (default %(default)s)")
+    serve.add_argument("--server", choices=SERVERS, default="granian", help="default %(default)s")
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
 
@@ -47,9 +49,7 @@ def _serve(args):
         )
         return 2
     with _metrics_dir():
-        from .server import run_gunicorn
-
-        run_gunicorn(args.bind, args.workers, args.threads)
+        run(args.server, args.bind, args.workers, args.threads)
 
 
 @contextlib.contextmanager
