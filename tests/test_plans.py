@@ -1,0 +1,560 @@
+"""Limits by plan from a verified user token, against the real server process and a real redis-server.
+
+The identity provider is local: the test makes its key pairs and serves their JWKS on loopback, and the
+service reads it either from that URL or from a file. The helpers here (identity provider, stored
+sessions, metrics, JSON logs) are shared with test_management.py and test_faults.py."""
+
+import base64
+import collections
+import hashlib
+import hmac
+import http.server
+import json
+import secrets
+import threading
+import time
+import uuid
+
+import jwt
+import pytest
+from conftest import ServerProcess
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.config import Config
+
+pytestmark = [pytest.mark.http, pytest.mark.redis]
+
+DEFAULTS = Config()
+DEFAULT_LIMIT = 2  # the servers here run with CONCURRENCY_MAX_STREAMS=2, apart from every plan's limit
+PLAN_LIMITS = "basic=1,premium=4"
+PLAN_AT_LIMIT = "premium=evict-oldest"
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+# --- a local identity provider --------------------------------------------------------------------
+
+
+class IdentityProvider:
+    """Key pairs, their JWKS served on a loopback port, and user access tokens signed with them."""
+
+    issuer = "https://idp.example.test/"
+    audience = "concurrency-service"
+
+    def __init__(self):
+        self._private = {}  # kid -> (private key, algorithm)
+        self._lock = threading.Lock()
+        self._fetches = 0
+        self.add_key("idp-rsa", "RS256")
+        self.add_key("idp-ec", "ES256")
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
+        self._httpd.daemon_threads = True
+        self._httpd.idp = self
+        self.url = f"http://127.0.0.1:{self._httpd.server_port}{JWKS_PATH}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def add_key(self, kid, algorithm):
+        """Make a key pair and publish its public half."""
+        if algorithm == "RS256":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        with self._lock:
+            self._private[kid] = (key, algorithm)
+
+    def jwks(self):
+        keys = []
+        with self._lock:
+            for kid, (key, algorithm) in self._private.items():
+                exporter = RSAAlgorithm if algorithm == "RS256" else ECAlgorithm
+                jwk = exporter.to_jwk(key.public_key(), as_dict=True)
+                keys.append({**jwk, "kid": kid, "alg": algorithm, "use": "sig"})
+        return {"keys": keys}
+
+    def write_jwks(self, path):
+        path.write_text(json.dumps(self.jwks()))
+        return str(path)
+
+    @property
+    def fetches(self):
+        """How often the JWKS has been fetched."""
+        with self._lock:
+            return self._fetches
+
+    def count_fetch(self):
+        with self._lock:
+            self._fetches += 1
+
+    def token(self, subject, kid="idp-rsa", signing_key=None, headers=None, **claims):
+        """Return an access token for `subject`; a claim given as None is left out."""
+        now = int(time.time())
+        payload = {"iss": self.issuer, "aud": self.audience, "sub": subject, "iat": now, "exp": now + 300}
+        payload.update(claims)
+        payload = {name: value for name, value in payload.items() if value is not None}
+        key, algorithm = self._private.get(kid, self._private["idp-rsa"])
+        return jwt.encode(
+            payload, signing_key or key, algorithm=algorithm, headers={"kid": kid, **(headers or {})}
+        )
+
+    def public_pem(self, kid="idp-rsa"):
+        from cryptography.hazmat.primitives import serialization
+
+        key = self._private[kid][0].public_key()
+        return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def close(self):
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class _JwksHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        idp = self.server.idp
+        if self.path != JWKS_PATH:
+            self.send_error(404)
+            return
+        idp.count_fetch()
+        body = json.dumps(idp.jwks()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/jwk-set+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # noqa: A002 - the signature http.server calls
+        pass
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(header, payload, signature=b""):
+    """Return a compact JWS with the given parts, signed with nothing or with `signature`."""
+    head = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
+    return head + "." + b64url(signature)
+
+
+# --- shared helpers -------------------------------------------------------------------------------
+
+
+def new_user(prefix="user"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def start(
+    server, token=None, device="tv", stream="stream-1", user=None, path="/v1/sessions", headers=None, **extra
+):
+    """Start a session; `token` is the user access token (user-token mode), `user` the body's userId."""
+    body = {"deviceId": device, "streamId": stream, **extra}
+    if user is not None:
+        body["userId"] = user
+    return server.request("POST", path, body, {**(bearer(token) if token else {}), **(headers or {})})
+
+
+def admitted(answer):
+    """Return (sessionId, token) of a start that must have been admitted."""
+    assert answer.status in (200, 201), answer.body
+    body = answer.json()
+    return body["sessionId"], body["token"]
+
+
+def heartbeat(server, sid, token):
+    return server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token))
+
+
+def stop(server, sid, token):
+    return server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(token))
+
+
+def assert_error(answer, status, code=None):
+    assert answer.status == status, (answer.status, answer.body)
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["message"], str) and body["message"]
+    if code is not None:
+        assert body["error"] == code, body
+    return body
+
+
+def assert_gone(answer, reason):
+    body = assert_error(answer, 410, "session_gone")
+    assert body["reason"] == reason, body
+
+
+def assert_unauthorized(answer):
+    assert_error(answer, 401, "invalid_token")
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+def session_claims(server, token):
+    """Verify one of the service's session tokens with its published JWKS alone; return the claims."""
+    key_set = jwt.PyJWKSet.from_dict(server.request("GET", JWKS_PATH).json())
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = next(k for k in key_set.keys if k.key_id == kid)
+    return jwt.decode(token, key, algorithms=[key.algorithm_name], audience=DEFAULTS.audience)
+
+
+def unverified_claims(token):
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def unescape(value):
+    return value.replace("%7C", "|").replace("%25", "%")
+
+
+def stored(client):
+    """Return ({sid: (user, device, stream)} of live sessions, {sid: reason} of tombstones), all buckets."""
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    live, ended = {}, {}
+    for key in client.scan_iter(match="cs:*"):
+        for sid, value in client.hgetall(key).items():
+            value = value.decode()
+            if value.startswith("~"):
+                until, _, reason = value[1:].partition("|")
+                if int(until, 36) > now_ms:
+                    ended[sid.decode()] = reason
+                continue
+            expires, _started, user, device, stream = value.split("|")
+            if int(expires, 36) > now_ms:
+                live[sid.decode()] = (unescape(user), unescape(device), unescape(stream))
+    return live, ended
+
+
+def live_sessions(client, user=None):
+    return {sid: entry for sid, entry in stored(client)[0].items() if user is None or entry[0] == user}
+
+
+def redis_state(client):
+    """Return every key with its content: equal before and after means nothing was written."""
+    return {key: client.hgetall(key) for key in client.scan_iter()}
+
+
+def metric_values(server):
+    """Return {(sample name, labels): value} from the service's /metrics."""
+    answer = server.request("GET", "/metrics")
+    assert answer.status == 200, answer.body
+    values = collections.Counter()
+    for family in text_string_to_metric_families(answer.body.decode()):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
+    return values
+
+
+def counted(before, after, name, **labels):
+    """Return how much the sample `name` with exactly `labels` grew between two metric_values."""
+    key = (name, tuple(sorted(labels.items())))
+    return after[key] - before[key]
+
+
+def log_entries(server):
+    """Return the JSON log lines the service has written so far."""
+    entries = []
+    for line in server.output().splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def idp():
+    provider = IdentityProvider()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="module", params=["jwks-url", "jwks-file"])
+def user_server(request, redis_server, keys_dir, idp, tmp_path_factory):
+    """The real service in user-token mode, reading the provider's JWKS from its URL or from a file."""
+    if request.param == "jwks-url":
+        source, workers = idp.url, 1  # one worker: the test counts the JWKS fetches of one cache
+    else:
+        source, workers = idp.write_jwks(tmp_path_factory.mktemp("idp") / "jwks.json"), 2
+    process = ServerProcess(
+        redis_server.url,
+        keys_dir,
+        workers=workers,
+        threads=4,
+        user_jwks=source,
+        user_issuer=idp.issuer,
+        user_audience=idp.audience,
+        max_streams=DEFAULT_LIMIT,
+        plan_limits=PLAN_LIMITS,
+        plan_at_limit=PLAN_AT_LIMIT,
+    )
+    process.mode = request.param
+    yield process
+    process.stop()
+
+
+# --- who the user is ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kid", ["idp-rsa", "idp-ec"])
+def test_the_token_subject_is_the_user(user_server, idp, real_redis, kid):
+    user = new_user("odd|user%")  # ids of any content survive the trip
+    token = idp.token(user, kid=kid)
+
+    sid, session_token = admitted(start(user_server, token, "tv", "film"))
+    claims = session_claims(user_server, session_token)
+    assert claims["sub"] == user
+    assert claims["sid"] == sid
+    assert live_sessions(real_redis) == {sid: (user, "tv", "film")}
+
+    second = start(user_server, token, "phone", "film", user=user)  # a matching body userId is fine
+    assert second.status == 201, second.body
+    assert session_claims(user_server, second.json()["token"])["sub"] == user
+    assert heartbeat(user_server, sid, session_token).status == 200
+
+
+def test_a_body_user_id_that_differs_from_the_token_is_403(user_server, idp, real_redis):
+    user = new_user()
+    token = idp.token(user)
+    before = redis_state(real_redis)
+    for path in ("/v1/sessions", "/concurrency"):
+        body = assert_error(start(user_server, token, user=new_user(), path=path), 403, "forbidden")
+        assert body["field"] == "userId"
+    assert redis_state(real_redis) == before
+
+
+def test_the_seed_route_needs_the_user_token_too(user_server, idp, real_redis):
+    user = new_user()
+    before = redis_state(real_redis)
+    assert_unauthorized(start(user_server, None, user=user, path="/concurrency"))
+    assert redis_state(real_redis) == before
+
+    answer = start(user_server, idp.token(user), user=user, path="/concurrency")
+    assert answer.status == 200, answer.body
+    sid = answer.json()["sessionKey"]
+    assert live_sessions(real_redis) == {sid: (user, "tv", "stream-1")}
+
+
+BAD_TOKENS = [
+    "missing",
+    "not a jwt",
+    "expired",
+    "not yet valid",
+    "wrong issuer",
+    "no issuer",
+    "wrong audience",
+    "no audience",
+    "no subject",
+    "empty subject",
+    "numeric subject",
+    "overlong subject",
+    "no expiry",
+    "signed by a stranger under our kid",
+    "unknown kid",
+    "alg none",
+    "HS256 with the public key as secret",
+    "tampered payload",
+]
+
+
+def bad_token(idp, user, case):
+    """Return a user token that must be refused, of the kind `case` names."""
+    now = int(time.time())
+    claims = {"iss": idp.issuer, "aud": idp.audience, "sub": user, "iat": now, "exp": now + 300}
+    if case == "missing":
+        return None
+    if case == "not a jwt":
+        return "not-a-jwt"
+    if case == "expired":
+        return idp.token(user, iat=now - 600, exp=now - 120)
+    if case == "not yet valid":
+        return idp.token(user, nbf=now + 600)
+    if case in ("wrong issuer", "no issuer"):
+        return idp.token(user, iss="https://evil.example.test/" if case == "wrong issuer" else None)
+    if case in ("wrong audience", "no audience"):
+        return idp.token(user, aud="someone-else" if case == "wrong audience" else None)
+    subjects = {"no subject": None, "empty subject": "", "numeric subject": 12345}
+    subjects["overlong subject"] = "u" * (DEFAULTS.max_id_chars + 1)
+    if case in subjects:
+        return idp.token(user, sub=subjects[case])
+    if case == "no expiry":
+        return idp.token(user, exp=None)
+    if case in ("signed by a stranger under our kid", "unknown kid"):
+        stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        kid = "idp-rsa" if case.endswith("our kid") else f"kid-{uuid.uuid4().hex}"
+        return idp.token(user, kid=kid, signing_key=stranger)
+    if case == "alg none":
+        return unsigned_token({"alg": "none", "kid": "idp-rsa"}, claims)
+    if case == "HS256 with the public key as secret":
+        signing_input = unsigned_token({"alg": "HS256", "kid": "idp-rsa", "typ": "JWT"}, claims)[:-1]
+        mac = hmac.new(idp.public_pem(), signing_input.encode(), hashlib.sha256).digest()
+        return signing_input + b64url(mac)
+    assert case == "tampered payload"
+    head, _, signature = idp.token(user).split(".")
+    return f"{head}.{b64url(json.dumps({**claims, 'climit': 99}).encode())}.{signature}"
+
+
+@pytest.mark.parametrize("case", BAD_TOKENS)
+def test_bad_user_tokens_are_401_and_write_nothing(user_server, idp, real_redis, case):
+    user = new_user()
+    before = redis_state(real_redis)
+    answer = start(user_server, bad_token(idp, user, case))
+    assert_unauthorized(answer)
+    if case == "overlong subject":
+        assert str(DEFAULTS.max_id_chars) in answer.json()["message"]  # the refusal names the limit
+    assert redis_state(real_redis) == before
+    assert "Traceback" not in user_server.output()
+
+
+def test_a_session_token_of_this_service_is_not_a_user_token(user_server, idp, real_redis):
+    sid, session_token = admitted(start(user_server, idp.token(new_user())))
+    before = redis_state(real_redis)
+    assert_unauthorized(start(user_server, session_token, device="phone"))
+    assert redis_state(real_redis) == before
+    assert sid in live_sessions(real_redis)
+
+
+# --- what the user may play -----------------------------------------------------------------------
+
+PLAN_CASES = [
+    # claims, limit, whether the oldest is evicted at the limit
+    ({}, DEFAULT_LIMIT, False),
+    ({"plan": "basic"}, 1, False),
+    ({"plan": "premium"}, 4, True),
+    ({"plan": "no-such-plan"}, DEFAULT_LIMIT, False),
+    ({"climit": 3}, 3, False),
+    ({"climit": 3, "plan": "basic"}, 3, False),  # the limit claim wins over the plan's limit
+    ({"climit": 1, "plan": "premium"}, 1, True),  # ... and the plan's behaviour still applies
+    ({"cbeh": "evict-oldest"}, DEFAULT_LIMIT, True),
+    ({"cbeh": "reject", "plan": "premium"}, 4, False),  # the behaviour claim wins over the plan's
+]
+
+
+@pytest.mark.parametrize(("claims", "limit", "evicts"), PLAN_CASES, ids=[str(c[0]) for c in PLAN_CASES])
+def test_the_limit_and_behaviour_follow_the_verified_token(
+    user_server, idp, real_redis, claims, limit, evicts
+):
+    user = new_user()
+    token = idp.token(user, **claims)
+    sessions = []
+    for i in range(limit):
+        sessions.append(admitted(start(user_server, token, f"device-{i}", f"stream-{i}")))
+        time.sleep(0.003)  # distinct start times: the oldest is well defined
+    assert set(live_sessions(real_redis, user)) == {sid for sid, _ in sessions}
+
+    one_more = start(user_server, token, "one-more", "stream-x")
+    if evicts:
+        assert one_more.status == 201, one_more.body
+        assert_gone(heartbeat(user_server, *sessions[0]), "evicted")
+        for sid, session_token in sessions[1:]:
+            assert heartbeat(user_server, sid, session_token).status == 200
+        expected = {sid for sid, _ in sessions[1:]} | {one_more.json()["sessionId"]}
+        assert set(live_sessions(real_redis, user)) == expected
+    else:
+        body = assert_error(one_more, 403, "limit_reached")
+        assert body["limit"] == limit
+        assert {s["sessionKey"] for s in body["sessions"]} == {sid for sid, _ in sessions}
+        assert set(live_sessions(real_redis, user)) == {sid for sid, _ in sessions}
+    assert session_claims(user_server, sessions[-1][1])["lim"] == limit
+
+
+@pytest.mark.parametrize("field", ["climit", "limit", "plan", "maxStreams"])
+def test_a_limit_is_never_read_from_the_body(user_server, idp, real_redis, field):
+    user = new_user()
+    token = idp.token(user, plan="basic")
+    before = redis_state(real_redis)
+    body = assert_error(start(user_server, token, **{field: 10}), 400, "bad_request")
+    assert body["field"] == field
+    assert redis_state(real_redis) == before
+
+    admitted(start(user_server, token, "tv"))
+    assert_error(start(user_server, token, "phone"), 403, "limit_reached")
+
+
+@pytest.mark.parametrize("field", ["climit", "limit", "plan"])
+def test_without_user_tokens_the_body_cannot_raise_the_limit_either(server, real_redis, field):
+    user = new_user()
+    for i in range(DEFAULTS.max_streams):
+        assert start(server, user=user, device=f"device-{i}").status == 201
+    for path in ("/v1/sessions", "/concurrency"):
+        body = assert_error(start(server, user=user, device="extra", path=path, **{field: 99}), 400)
+        assert body["field"] == field
+    assert_error(start(server, user=user, device="extra"), 403, "limit_reached")
+    assert len(live_sessions(real_redis, user)) == DEFAULTS.max_streams
+
+
+def test_resumption_keeps_the_plan_limit(user_server, idp, real_redis):
+    """A session lost from Redis comes back under the limit its token was given, not the default."""
+    user = new_user()
+    token = idp.token(user, plan="basic")
+    lost = admitted(start(user_server, token, "tv"))
+    real_redis.flushall()
+    replacement = admitted(start(user_server, token, "phone"))
+
+    assert_gone(heartbeat(user_server, *lost), "limit")
+    assert heartbeat(user_server, *replacement).status == 200
+    assert set(live_sessions(real_redis, user)) == {replacement[0]}
+
+
+# --- the identity provider's JWKS -----------------------------------------------------------------
+
+
+def test_the_jwks_url_is_cached_and_unknown_kids_do_not_hammer_the_provider(user_server, idp, real_redis):
+    if user_server.mode != "jwks-url":
+        # The file is read once at start: changing the provider's keys changes nothing.
+        idp_fetches = idp.fetches
+        admitted(start(user_server, idp.token(new_user())))
+        assert idp.fetches == idp_fetches
+        return
+    admitted(start(user_server, idp.token(new_user())))
+    fetches = idp.fetches
+    assert fetches >= 1
+    for kid in ("idp-rsa", "idp-ec") * 5:
+        admitted(start(user_server, idp.token(new_user(), kid=kid)))
+    assert idp.fetches == fetches, "the JWKS was fetched again although every kid was known"
+
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    for _ in range(10):
+        token = jwt.encode(
+            {"iss": idp.issuer, "aud": idp.audience, "sub": new_user(), "exp": int(time.time()) + 60},
+            stranger,
+            algorithm="ES256",
+            headers={"kid": secrets.token_hex(8)},
+        )
+        assert_unauthorized(start(user_server, token))
+    assert idp.fetches - fetches <= 1, "every unknown kid made the service fetch the provider's JWKS"
+
+
+# --- observability --------------------------------------------------------------------------------
+
+
+def test_starts_are_counted_by_outcome(user_server, idp, real_redis):
+    user = new_user()
+    token = idp.token(user, plan="basic")
+    before = metric_values(user_server)
+
+    admitted(start(user_server, token, "tv"))
+    admitted(start(user_server, token, "tv"))
+    assert_error(start(user_server, token, "phone"), 403, "limit_reached")
+    assert_unauthorized(start(user_server, "not-a-token", "phone"))
+    assert_error(start(user_server, token, "phone", user=new_user()), 403, "forbidden")
+
+    after = metric_values(user_server)
+    outcomes = ("initiated", "updated", "limit_reached", "invalid_token", "forbidden")
+    operations = "concurrency_operations_total"
+    assert {
+        outcome: counted(before, after, operations, operation="start", outcome=outcome)
+        for outcome in outcomes
+    } == dict.fromkeys(outcomes, 1)
+    assert counted(before, after, "concurrency_events_total", event="limit_hit") == 1
+    latency = "concurrency_request_seconds_count"
+    assert counted(before, after, latency, route="/v1/sessions", method="POST") == 5
