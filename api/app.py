@@ -26,7 +26,13 @@ OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.yaml")
 def create_app(config, store, keyring, identity=None, metrics=None):
     """Return the WSGI app over the given config, session store and keyring; no side effects."""
     metrics = metrics or Metrics()
-    tokens = Tokens(keyring, config.issuer, config.audience, config.token_leeway_s)
+    tokens = Tokens(
+        keyring,
+        config.issuer,
+        config.audience,
+        config.token_leeway_s,
+        issued_cache_size=config.token_cache_size,
+    )
     concurrency = Concurrency(store, tokens, config, count=metrics.count)
     identity = identity or Identity(config)
 
@@ -56,7 +62,7 @@ def get_app(environ=None):
     """Build the app from CONCURRENCY_* variables: the entry point for WSGI servers."""
     config = Config.from_env() if environ is None else Config.from_env(environ)
     configure_logging(config.log_level)
-    store = RedisStore(connect(config), config.buckets)
+    store = RedisStore(connect(config), config.buckets, timeout_s=config.redis_timeout_s)
     keyring = Keyring.from_dir(config.keys_dir)
     _ = keyring.signing_key  # fail at boot, not on the first request, when no key is active
     return create_app(config, store, keyring)

@@ -33,6 +33,7 @@ class Config:
     issuer: str = "concurrency-service"
     audience: str = "playback"
     token_leeway_s: int = 5
+    token_cache_size: int = 32768  # tokens a worker remembers signing (about 700 bytes each); 0: off
     jwks_max_age_s: int = 300
     max_body_bytes: int = 4096
     max_id_chars: int = 256

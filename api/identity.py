@@ -76,10 +76,9 @@ class Identity:
                 raise BadRequest("field 'userId' is required", field="userId")
             return body_user, self.policy()
         claims = self.user_claims(req)
-        if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= self._config.max_id_chars:
-            raise InvalidToken(
-                "user token 'sub' must be a user id of at most {self._config.max_id_chars} characters"
-            )
+        longest = self._config.max_id_chars
+        if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= longest:
+            raise InvalidToken(f"user token 'sub' must be a user id of at most {longest} characters")
         if body_user is not None and body_user != claims["sub"]:
             raise Forbidden("userId does not match the user token", field="userId")
         return claims["sub"], self.policy(claims)

@@ -81,13 +81,15 @@ end
 
 # KEYS[1] bucket; ARGV[1] user, ARGV[2] device, ARGV[3] stream, ARGV[4] new sid, ARGV[5] ttl ms,
 # ARGV[6] limit, ARGV[7] per-stream limit (0: none), ARGV[8] '1' to evict the oldest at a limit,
-# ARGV[9] tombstone ms.
-# Returns {'initiated', now, sid, evicted sids...} | {'updated', now, sid}
+# ARGV[9] tombstone ms, ARGV[10] deadline (Redis ms; 0: none).
+# Returns {'late', now} past the deadline | {'initiated', now, sid, evicted sids...} | {'updated', now, sid}
 #       | {'limit' or 'stream_limit', now, holders...} with holders flattened as
 #         sid, started, expires, device, stream (times in base 36).
 ADMIT = (
     PRELUDE
     + """
+local deadline = tonumber(ARGV[10])
+if deadline > 0 and now > deadline then return {'late', now} end
 local user, device, stream, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, limit, stream_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local evict, tomb = ARGV[8] == '1', tonumber(ARGV[9])
