@@ -15,7 +15,7 @@ DEFAULTS = suite.Options()
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     option = parser.add_argument
-    option("--server", default=DEFAULTS.server, help="gunicorn, or another `serve --server` choice")
+    option("--server", default=DEFAULTS.server, help="a `serve --server` choice (%(default)s)")
     option("--workers", type=int, default=DEFAULTS.workers, help="worker processes (%(default)s)")
     option("--threads", type=int, default=DEFAULTS.threads, help="threads per worker (%(default)s)")
     option("--connections", type=int, default=DEFAULTS.connections, help="wrk connections (%(default)s)")

@@ -136,12 +136,9 @@ def _answers(process, client):
 
 
 def server_command(server, bind, workers, threads):
-    """Return the command that serves the app; gunicorn is `serve`'s own, others go by `--server`."""
+    """Return the command that serves the app with `serve --server SERVER`."""
     command = [sys.executable, "-m", "api.cli", "serve", "--bind", bind]
-    command += ["--workers", str(workers), "--threads", str(threads)]
-    if server != "gunicorn":
-        command += ["--server", server]
-    return command
+    return command + ["--workers", str(workers), "--threads", str(threads), "--server", server]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ POOL_MARGIN = 1.5  # stop may well be the fastest op
 @dataclasses.dataclass(frozen=True)
 class Options:
     ops: tuple = wrk.OPS
-    server: str = "gunicorn"
+    server: str = "granian"
     workers: int = 1
     threads: int = 1
     connections: int = 16

@@ -1,18 +1,14 @@
 """The benchmark's parts that need no timing: wrk output, Redis deltas, the memory models, the report."""
 
 import os
-import pathlib
 import shutil
-import sys
 
 import pytest
 
 # `bench` is a tool of this repository, not part of the installed package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from bench import cli, memory, report, roundtrips, wrk  # noqa: E402
-from bench.processes import BenchError, group_cpu_seconds, pinned, server_command  # noqa: E402
-from bench.sessions import SessionPool, read_lines  # noqa: E402
+from bench import cli, memory, report, roundtrips, wrk
+from bench.processes import BenchError, group_cpu_seconds, pinned, server_command
+from bench.sessions import SessionPool, read_lines
 
 WRK_OUTPUT = """\
 Running 10s test @ http://127.0.0.1:8000
@@ -114,6 +110,8 @@ def test_pinned_and_server_commands():
         "1",
         "--threads",
         "4",
+        "--server",
+        "gunicorn",
     ]
     assert server_command("granian", "127.0.0.1:9", 1, 1)[-2:] == ["--server", "granian"]
 
@@ -204,9 +202,9 @@ def test_table_shows_every_op_and_the_floor():
 
 @pytest.mark.http
 @pytest.mark.redis
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_lua_scripts_start_heartbeat_and_stop_live_sessions(server, tmp_path):
     """Each script against the real server: starts feed the pool, heartbeats chain tokens, stops end them."""
+    assert shutil.which("wrk"), "wrk is not installed; scripts/test installs it"
     pool = SessionPool(tmp_path, env={})
     started = wrk.run("start", server.url, ["t", pool.harvest_path("start")], tmp_path, 4, 1)
     pool.harvest("start")
