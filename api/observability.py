@@ -1,6 +1,7 @@
 """Prometheus metrics, JSON logs and request ids."""
 
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -52,16 +53,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._children = {}
 
     def count(self, event, n=1):
         if n:
             self._events.labels(event).inc(n)
 
     def observe(self, route, method, outcome, seconds):
-        operation = _OPERATIONS.get((route, method))
-        if operation:
-            self._operations.labels(operation, outcome).inc()
-        self._latency.labels(route, method).observe(seconds)
+        # Children by label values, resolved once: `labels()` costs a lock and a tuple per call.
+        key = (route, method, outcome)
+        children = self._children.get(key)
+        if children is None:
+            operation = _OPERATIONS.get((route, method))
+            counter = self._operations.labels(operation, outcome) if operation else None
+            children = self._children[key] = (counter, self._latency.labels(route, method))
+        if children[0] is not None:
+            children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self):
         """Return the text format: every worker's figures when gunicorn runs several."""
@@ -77,11 +85,14 @@ class Observe:
 
     def __init__(self, metrics, access_log=False):
         self._metrics = metrics
+        self._prefix = secrets.token_hex(4)  # this process; a counter numbers its requests
+        self._ids = itertools.count(1)
         self._access_log = logging.getLogger("api.access") if access_log else None
 
     def process_request(self, req, resp):
-        incoming = req.get_header(REQUEST_ID_HEADER)
-        rid = incoming if incoming and _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        rid = req.get_header(REQUEST_ID_HEADER)
+        if not (rid and _REQUEST_ID.fullmatch(rid)):
+            rid = f"{self._prefix}{next(self._ids) & 0xFFFFFFFF:08x}"  # 16 hex digits, unique per process
         request_id.set(rid)
         resp.set_header(REQUEST_ID_HEADER, rid)
         req.context.started = time.perf_counter()
