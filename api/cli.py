@@ -21,7 +21,7 @@ def main(argv=None):
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
-    serve.add_argument("--threads", type=int, default=4, help="threads per worker (default %(default)s)")
+    serve.add_argument("--threads", type=int, default=8, help="threads per worker (default %(default)s)")
     serve.add_argument("--server", choices=SERVERS, default="granian", help="default %(default)s")
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)

@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from . import scripts
 from .errors import LimitReached, SessionGone, StoreUnavailable
-from .scripting import FastScript, ThreadConnections
+from .scripting import FastScript, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +258,10 @@ class RedisStore:
         self._new_sid = new_sid
         self._timeout_ms = int(timeout_s * 1000)
         self._server_offset_ms = None  # Redis clock minus this process's monotonic clock
-        self._connections = None
+        self._pipeline = None
         if isinstance(client, redis.Redis):  # the fast path; a cluster routes each call by its key
-            self._connections = ThreadConnections(client)
-            register = functools.partial(FastScript, self._connections)
+            self._pipeline = Pipeline(client)
+            register = functools.partial(FastScript, self._pipeline)
         else:
             register = client.register_script
         self._admit = register(scripts.ADMIT)
@@ -345,7 +345,9 @@ class RedisStore:
     def ping(self):
         """Whether Redis answers, through the same gate as the scripts."""
         try:
-            return bool(self._connections.ping() if self._connections else self._client.ping())
+            if self._pipeline:
+                return self._pipeline.execute("PING") in (b"PONG", "PONG")
+            return bool(self._client.ping())
         except (RedisError, RedisClusterException):
             return False
 

@@ -27,7 +27,7 @@ class Options:
     ops: tuple = wrk.OPS
     server: str = "granian"
     workers: int = 1
-    threads: int = 1
+    threads: int = 8  # as `serve`
     connections: int = 16
     duration_s: int = 10
     warmup_s: int = 2

@@ -1,4 +1,4 @@
-"""FastScript: EVALSHA on per-thread connections, against a real redis-server."""
+"""FastScript and Pipeline: EVALSHA on one pipelined connection, against a real redis-server."""
 
 import signal
 import threading
@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from api.errors import StoreUnavailable
-from api.scripting import FastScript, ThreadConnections
+from api.scripting import FastScript, Pipeline
 from api.store import Policy, RedisStore
 
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -16,7 +16,7 @@ ECHO = "return {KEYS[1], ARGV[1]}"
 
 @pytest.fixture
 def connections(real_redis):
-    return ThreadConnections(real_redis)
+    return Pipeline(real_redis)
 
 
 def test_loads_the_script_on_first_use_and_after_a_flush(connections, real_redis):
@@ -26,19 +26,47 @@ def test_loads_the_script_on_first_use_and_after_a_flush(connections, real_redis
     assert script(keys=["k"], args=["b"]) == [b"k", b"b"]
 
 
-def test_each_thread_keeps_its_own_connection(connections):
-    seen = set()
+def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(connections, real_redis):
+    script = FastScript(connections, ECHO)
+    script(keys=["k"], args=["warm"])
+    real_redis.config_resetstat()
+    barrier = threading.Barrier(32)
+    replies = {}
 
-    def grab():
-        seen.add(id(connections.get()))
-        assert connections.get() is connections.get()
+    def call(i):
+        barrier.wait()
+        for j in range(20):
+            replies[(i, j)] = script(keys=[f"k{i}"], args=[f"{i}-{j}"])
 
-    threads = [threading.Thread(target=grab) for _ in range(4)]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(32)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(seen) == 4
+    assert replies == {(i, j): [f"k{i}".encode(), f"{i}-{j}".encode()] for i in range(32) for j in range(20)}
+    stats = real_redis.info("stats")
+    # 640 calls; the CONFIG RESETSTAT and INFO clients add their own reads
+    assert real_redis.info("commandstats")["cmdstat_evalsha"]["calls"] == 640
+    assert stats["total_reads_processed"] < 640, "calls waiting on a round trip should go together"
+
+
+def test_errors_reach_only_their_own_call(connections):
+    good = FastScript(connections, ECHO)
+    bad = FastScript(connections, "return redis.error_reply('mine')")
+    errors, replies = [], []
+
+    def run(script, out):
+        try:
+            out.append(script(keys=["k"], args=["x"]))
+        except redis.ResponseError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=(bad if i % 2 else good, replies)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == ["mine"] * 8 and replies == [[b"k", b"x"]] * 8
 
 
 def test_script_errors_are_redis_errors(connections):
@@ -55,7 +83,7 @@ def test_a_stale_connection_is_replaced_once(connections, real_redis):
 
 def test_after_a_timeout_calls_fail_at_once_for_a_moment(redis_server):
     client = redis.Redis(port=redis_server.port, socket_timeout=0.2)
-    connections = ThreadConnections(client, pause_s=0.5)
+    connections = Pipeline(client, pause_s=0.5)
     script = FastScript(connections, ECHO)
     script(keys=["k"], args=["warm"])
     redis_server.signal(signal.SIGSTOP)
