@@ -1,5 +1,6 @@
 """Shared fixtures: keys, fakeredis and real redis-server stores, the app, the real server process."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -171,8 +172,14 @@ class ServerProcess:
         command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
         command += ["--workers", str(workers), "--threads", str(threads)]
         self.log = tempfile.NamedTemporaryFile(prefix="concurrency-service-", suffix=".log")  # noqa: SIM115
-        self._proc = subprocess.Popen(command, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(self._answers, timeout_s=20, what=f"the service on port {self.port}")
+        self._proc = subprocess.Popen(
+            command, env=environ, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_until(self._answers, timeout_s=20, what=f"the service on port {self.port}")
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
 
     def _answers(self):
         if self._proc.poll() is not None:
@@ -192,12 +199,14 @@ class ServerProcess:
             return file.read().decode(errors="replace")
 
     def stop(self):
-        self._proc.terminate()
-        try:
+        """Stop the server and its workers (its whole process group)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)  # workers that outlived their master
+        self._proc.wait()
         self.log.close()
 
 
