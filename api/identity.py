@@ -6,6 +6,7 @@ import logging
 
 import jwt
 
+from .config import AT_LIMIT_CHOICES
 from .errors import BadRequest, Forbidden, InvalidToken
 from .requests import bearer_token
 from .store import Policy
@@ -25,6 +26,9 @@ class Identity:
         self._plan_limits = {plan: int(n) for plan, n in config.plan_map("plan_limits").items()}
         self._plan_at_limit = config.plan_map("plan_at_limit")
         self._jwk_client = jwk_client or _jwk_client(config.user_jwks)
+        self._default_policy = Policy(
+            config.max_streams, config.stream_limit, config.at_limit == "evict-oldest"
+        )
 
     @property
     def required(self):
@@ -52,21 +56,17 @@ class Identity:
 
     def policy(self, claims=None):
         """Return the limits for a user: from the token's limit claim, else its plan, else the defaults."""
+        if not claims:
+            return self._default_policy
         config = self._config
-        claims = claims or {}
         plan = claims.get(config.plan_claim)
+        plan = plan if isinstance(plan, str) else None
         limit = claims.get(config.limit_claim)
-        if not (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
-            limit = (
-                self._plan_limits.get(plan, config.max_streams)
-                if isinstance(plan, str)
-                else config.max_streams
-            )
+        if not (type(limit) is int and limit > 0):
+            limit = self._plan_limits.get(plan, config.max_streams)
         behaviour = claims.get(config.behaviour_claim)
-        if behaviour not in ("reject", "evict-oldest"):
-            behaviour = (
-                self._plan_at_limit.get(plan, config.at_limit) if isinstance(plan, str) else config.at_limit
-            )
+        if behaviour not in AT_LIMIT_CHOICES:
+            behaviour = self._plan_at_limit.get(plan, config.at_limit)
         return Policy(limit, config.stream_limit, behaviour == "evict-oldest")
 
     def start_user(self, req, body_user):

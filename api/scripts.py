@@ -55,8 +55,9 @@ local function bury(sid, reason, ttl)
   redis.call('HSET', key, sid, '~' .. b36(now + ttl) .. '|' .. reason)
   keep_until(ttl)
 end
--- Returns the live sessions of `user`, oldest start first, pruning whatever expired on the way.
-local function sessions_of(user)
+-- Returns the live sessions of `user`, pruning whatever expired on the way; oldest start first
+-- when `sorted` (only eviction and listings need the order).
+local function sessions_of(user, sorted)
   local found = {}
   local entries = redis.call('HGETALL', key)
   for i = 1, #entries, 2 do
@@ -67,7 +68,9 @@ local function sessions_of(user)
       found[#found + 1] = s
     end
   end
-  table.sort(found, function(a, b) return tonumber(a.start, 36) < tonumber(b.start, 36) end)
+  if sorted then
+    table.sort(found, function(a, b) return tonumber(a.start, 36) < tonumber(b.start, 36) end)
+  end
   return found
 end
 local function flatten(sessions)
@@ -93,7 +96,7 @@ if deadline > 0 and now > deadline then return {'late', now} end
 local user, device, stream, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, limit, stream_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local evict, tomb = ARGV[8] == '1', tonumber(ARGV[9])
-local mine, same_stream = sessions_of(user), {}
+local mine, same_stream = sessions_of(user, evict), {}
 for _, s in ipairs(mine) do
   if s.device == device and s.stream == stream then
     redis.call('HSET', key, s.sid, pack(now + ttl, s))
@@ -204,6 +207,6 @@ return ended
 LIST = (
     PRELUDE
     + """
-return {now, unpack(flatten(sessions_of(ARGV[1])))}
+return {now, unpack(flatten(sessions_of(ARGV[1], true)))}
 """
 )
