@@ -4,6 +4,7 @@ import functools
 import http
 import logging
 import pathlib
+import re
 
 import falcon
 
@@ -20,6 +21,7 @@ from .store import RedisStore, connect
 
 log = logging.getLogger(__name__)
 
+_UNSAFE_IN_HEADER = re.compile(r'[^\x20-\x7e]|["\\]')
 OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.yaml")
 
 
@@ -72,15 +74,13 @@ def _handle_service_error(retry_after_s, req, resp, exc, params):
     resp.status = exc.status
     resp.media = {"error": exc.code, "message": exc.message, **exc.details}
     if isinstance(exc, InvalidToken):
-        text = exc.message.encode("ascii", "replace").decode().replace("\\", "").replace('"', "'")
+        text = _UNSAFE_IN_HEADER.sub("?", exc.message)[:200]  # messages may quote token contents
         resp.set_header("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"')
     elif isinstance(exc, StoreUnavailable):
         resp.set_header("Retry-After", str(retry_after_s))
 
 
 def _handle_unexpected(req, resp, exc, params):
-    if isinstance(exc, falcon.HTTPError):
-        raise exc
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
     resp.media = {

@@ -19,8 +19,7 @@ class Concurrency:
         self._ttl_s = config.session_ttl_s
         self._degraded_ttl_s = config.degraded_ttl_s
         # An ended session's tombstone outlives every token it was given, leeway included.
-        longest_token_s = max(config.session_ttl_s, config.degraded_ttl_s)
-        self._tombstone_ms = (longest_token_s + config.token_leeway_s) * 1000
+        self._tombstone_ms = (config.longest_token_s + config.token_leeway_s) * 1000
         self._resume = config.resume
         self._stream_limit = config.stream_limit
         self._fail_open = config.on_store_error == "open"

@@ -52,34 +52,35 @@ class Config:
     plan_at_limit: str = ""  # e.g. "premium=evict-oldest"
 
     def __post_init__(self):
-        positive = (
-            "max_streams",
-            "session_ttl_s",
-            "buckets",
-            "max_body_bytes",
-            "max_id_chars",
-        )
-        for name in positive:
+        at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "buckets", "max_body_bytes")
+        for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
+        for name in ("stream_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self.env_name(name)} must not be negative")
+        if not self.redis_timeout_s > 0:
+            raise ConfigError(f"{self.env_name('redis_timeout_s')} must be a positive number of seconds")
         choices = {
             "redis_mode": ("standalone", "cluster"),
             "at_limit": AT_LIMIT_CHOICES,
             "on_store_error": ("closed", "open"),
+            "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{self.env_name(name)} must be one of {', '.join(allowed)}")
-        for name in ("plan_limits", "plan_at_limit"):
-            for plan, value in self.plan_map(name).items():
-                if name == "plan_limits" and not (value.isdigit() and int(value) > 0):
-                    raise ConfigError(
-                        f"{self.env_name(name)}: limit of plan {plan!r} must be a positive integer"
-                    )
-                if name == "plan_at_limit" and value not in AT_LIMIT_CHOICES:
-                    raise ConfigError(
-                        f"{self.env_name(name)}: plan {plan!r} must be one of reject, evict-oldest"
-                    )
+        for plan, value in self.plan_map("plan_limits").items():
+            if not (value.isdigit() and int(value) > 0):
+                raise ConfigError(f"{self.env_name('plan_limits')}: {plan!r} needs a positive integer")
+        for plan, value in self.plan_map("plan_at_limit").items():
+            if value not in AT_LIMIT_CHOICES:
+                raise ConfigError(f"{self.env_name('plan_at_limit')}: {plan!r} needs reject or evict-oldest")
+        if self.user_jwks and not (self.user_issuer and self.user_audience):
+            # RFC 8725 3.9, 3.10: a token the identity provider issued to another app must not pass.
+            raise ConfigError(
+                "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with USER_JWKS"
+            )
 
     def plan_map(self, name):
         """Parse a `plan=value,plan=value` setting."""
@@ -88,6 +89,11 @@ class Config:
         if any(not sep or not plan.strip() for plan, sep, _ in pairs):
             raise ConfigError(f"{self.env_name(name)} must look like 'basic=1,premium=4'")
         return {plan.strip(): value.strip() for plan, _, value in pairs}
+
+    @property
+    def longest_token_s(self):
+        """How long any token we sign can be valid: the longer of the session and degraded TTLs."""
+        return max(self.session_ttl_s, self.degraded_ttl_s)
 
     @staticmethod
     def env_name(field_name):

@@ -46,10 +46,10 @@ class Identity:
                 token,
                 key,
                 algorithms=[key.algorithm_name],
-                issuer=self._config.user_issuer or None,
-                audience=self._config.user_audience or None,
+                issuer=self._config.user_issuer,
+                audience=self._config.user_audience,
                 leeway=self._config.token_leeway_s,
-                options={"require": ["sub", "exp"], "verify_aud": bool(self._config.user_audience)},
+                options={"require": ["sub", "exp", "iss", "aud"]},
             )
         except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as exc:
             raise InvalidToken(f"user token is invalid: {exc}") from None

@@ -24,6 +24,7 @@ _OPERATIONS = {
     ("/concurrency", "DELETE"): "stop",
     ("/v1/sessions/{session_id}", "DELETE"): "stop",
 }
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 request_id = contextvars.ContextVar("request_id", default=None)
@@ -100,15 +101,16 @@ class Observe:
     def process_response(self, req, resp, resource, req_succeeded):
         seconds = time.perf_counter() - req.context.started
         route = req.uri_template or "unmatched"
+        method = req.method if req.method in _METHODS else "OTHER"  # labels a client cannot multiply
         media = resp.media if isinstance(resp.media, dict) else {}
         outcome = media.get("error") or media.get("status") or resp.status_code
         if outcome in ("limit_reached",):
             self._metrics.count("limit_hit")
         elif outcome == "store_unavailable":
             self._metrics.count("store_error")
-        if req.method == "DELETE" and resp.status_code == 204:
+        if method == "DELETE" and resp.status_code == 204:
             outcome = "stopped"
-        self._metrics.observe(route, req.method, str(outcome), seconds)
+        self._metrics.observe(route, method, str(outcome), seconds)
         if self._access_log:
             self._access_log.info(
                 "%s %s %s",

@@ -65,42 +65,50 @@ class Pipeline:
             call.wait()
             leads = call.leads
         if leads:
-            with self._lock:
-                batch, self._waiting = self._waiting, []
-            self._round_trip(batch)
-            with self._lock:
-                if self._waiting:
-                    successor = self._waiting[0]
-                    successor.leads = True
-                    successor.wake()
-                else:
-                    self._busy = False
+            try:
+                with self._lock:
+                    batch, self._waiting = self._waiting, []
+                self._round_trip(batch)
+            finally:  # whatever happened, hand the lead on: a follower must never wait forever
+                with self._lock:
+                    if self._waiting:
+                        successor = self._waiting[0]
+                        successor.leads = True
+                        successor.wake()
+                    else:
+                        self._busy = False
         if call.error is not None:
             raise call.error
         return call.reply
 
     def _round_trip(self, batch, retry=True):
-        connection = self._connection
+        """Send `batch`, give each call its reply or error, wake the threads waiting on them."""
+        if time.monotonic() < self._down_until:  # Redis timed out while these calls waited
+            return self._finish(batch, 0, ConnectionError("redis timed out a moment ago; not trying yet"))
         done = 0
         try:
-            connection.send_packed_command(
-                [part for call in batch for part in call.packed], check_health=False
-            )
+            parts = [part for call in batch for part in call.packed]
+            self._connection.send_packed_command(parts, check_health=False)
             for call in batch:
                 try:
-                    call.reply = connection.read_response()
+                    call.reply = self._connection.read_response()
                 except ResponseError as exc:
                     call.error = exc
                 done += 1
-        except (ConnectionError, TimeoutError) as exc:
-            connection.disconnect()  # replies still on the way must not be read as later calls'
+        except Exception as exc:  # noqa: BLE001 -- every error must reach its calls, or they wait forever
+            self._connection.disconnect()  # replies still on the way must not be read as later calls'
             if isinstance(exc, TimeoutError):
                 self._down_until = time.monotonic() + self._pause_s
-            elif retry and done == 0:
+            elif retry and done == 0 and isinstance(exc, ConnectionError):
                 # The server may have restarted since the last call: one new connection.
                 return self._round_trip(batch, retry=False)
-            for call in batch[done:]:
-                call.error = exc
+            return self._finish(batch, done, exc)
+        return self._finish(batch, done, None)
+
+    @staticmethod
+    def _finish(batch, done, error):
+        for call in batch[done:]:
+            call.error = error
         for call in batch:
             if not call.leads:
                 call.wake()

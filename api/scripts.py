@@ -46,6 +46,10 @@ end
 local function keep_until(ttl)
   if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
 end
+local function renew(s, ttl)
+  redis.call('HSET', key, s.sid, pack(now + ttl, s))
+  keep_until(ttl)
+end
 local function add(sid, user, device, stream, ttl)
   local s = {start = b36(now), user = user, device = device, stream = stream}
   redis.call('HSET', key, sid, pack(now + ttl, s))
@@ -55,9 +59,8 @@ local function bury(sid, reason, ttl)
   redis.call('HSET', key, sid, '~' .. b36(now + ttl) .. '|' .. reason)
   keep_until(ttl)
 end
--- Returns the live sessions of `user`, pruning whatever expired on the way; oldest start first
--- when `sorted` (only eviction and listings need the order).
-local function sessions_of(user, sorted)
+-- Returns the live sessions of `user`, oldest start first, pruning whatever expired on the way.
+local function sessions_of(user)
   local found = {}
   local entries = redis.call('HGETALL', key)
   for i = 1, #entries, 2 do
@@ -68,9 +71,7 @@ local function sessions_of(user, sorted)
       found[#found + 1] = s
     end
   end
-  if sorted then
-    table.sort(found, function(a, b) return tonumber(a.start, 36) < tonumber(b.start, 36) end)
-  end
+  table.sort(found, function(a, b) return tonumber(a.start, 36) < tonumber(b.start, 36) end)
   return found
 end
 local function flatten(sessions)
@@ -96,11 +97,10 @@ if deadline > 0 and now > deadline then return {'late', now} end
 local user, device, stream, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, limit, stream_limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local evict, tomb = ARGV[8] == '1', tonumber(ARGV[9])
-local mine, same_stream = sessions_of(user, evict), {}
+local mine, same_stream = sessions_of(user), {}
 for _, s in ipairs(mine) do
   if s.device == device and s.stream == stream then
-    redis.call('HSET', key, s.sid, pack(now + ttl, s))
-    keep_until(ttl)
+    renew(s, ttl)
     return {'updated', now, s.sid}
   end
   if s.stream == stream then same_stream[#same_stream + 1] = s end
@@ -112,11 +112,9 @@ local function make_room(holders, max, refusal)
   if not evict then return {refusal, now, unpack(flatten(holders))} end
   for i = 1, excess do
     local s = holders[i]
-    if not s.evicted then
-      s.evicted = true
-      bury(s.sid, 'evicted', tomb)
-      evicted[#evicted + 1] = s.sid
-    end
+    s.evicted = true
+    bury(s.sid, 'evicted', tomb)
+    evicted[#evicted + 1] = s.sid
   end
   return nil
 end
@@ -147,13 +145,12 @@ if v then
   local s = parse(sid, v)
   if s.reason then return {'gone', now, s.reason} end
   if s.user ~= user then return {'gone', now, 'expired'} end
-  if s.exp <= now then
-    redis.call('HDEL', key, sid)
-    return {'gone', now, 'expired'}
+  if s.exp > now then
+    renew(s, ttl)
+    return {'updated', now}
   end
-  redis.call('HSET', key, sid, pack(now + ttl, s))
-  keep_until(ttl)
-  return {'updated', now}
+  -- Expired: gone like a lost session, so the answer never depends on whether a start pruned it.
+  redis.call('HDEL', key, sid)
 end
 if tonumber(ARGV[4]) <= now then return {'gone', now, 'expired'} end
 local mine, same_stream = sessions_of(user), 0
@@ -207,6 +204,6 @@ return ended
 LIST = (
     PRELUDE
     + """
-return {now, unpack(flatten(sessions_of(ARGV[1], true)))}
+return {now, unpack(flatten(sessions_of(ARGV[1])))}
 """
 )

@@ -278,12 +278,8 @@ class RedisStore:
 
         A start sent just before Redis hangs runs when it wakes, long after its player was told 503:
         it would hold a slot nobody plays. Redis refuses it once its answer would come too late."""
-        if self._server_offset_ms is None:
-            try:
-                seconds, micros = self._client.time()  # once per process
-            except (RedisError, RedisClusterException):
-                return 0
-            self._learn_server_time(seconds * 1000 + micros // 1000)
+        if self._server_offset_ms is None:  # learned from the first answer of Redis
+            return 0
         return time.monotonic_ns() // 1_000_000 + self._server_offset_ms + self._timeout_ms
 
     def bucket_key(self, user):

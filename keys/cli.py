@@ -79,7 +79,7 @@ def _lifecycle(args, token_lifetime_s=None):
     policy = Policy(
         jwks_max_age_s=config.jwks_max_age_s,
         reload_interval_s=reload_s,
-        token_lifetime_s=token_lifetime_s or config.session_ttl_s,
+        token_lifetime_s=token_lifetime_s or config.longest_token_s,
         leeway_s=config.token_leeway_s,
     )
     return Lifecycle(_store(args), policy)

@@ -10,6 +10,7 @@ one algorithm, a fixed claim set, and strict compact serialization.
 import base64
 import binascii
 import collections
+import contextlib
 import hashlib
 import json
 import math
@@ -74,7 +75,8 @@ class Tokens:
         token = (signing_input + b"." + b64url(key.sign(signing_input))).decode()
         if self._issued_max:
             if len(self._issued) >= self._issued_max:
-                self._issued.popitem(last=False)  # one C call: safe between threads
+                with contextlib.suppress(KeyError):  # another thread may have emptied it meanwhile
+                    self._issued.popitem(last=False)
             self._issued[self._digest(token)] = (key.kid, claims)
         return token
 

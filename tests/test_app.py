@@ -193,3 +193,44 @@ def test_config_rejects_bad_values():
 def test_config_from_env_reads_prefixed_variables():
     config = Config.from_env({"CONCURRENCY_MAX_STREAMS": "5", "CONCURRENCY_SESSION_TTL": "30"})
     assert (config.max_streams, config.session_ttl_s) == (5, 30)
+
+
+def test_www_authenticate_never_carries_raw_token_text(client):
+    from api.errors import InvalidToken
+
+    class Boom:
+        def on_get(self, req, resp):
+            raise InvalidToken('no key "k\r\nX-Injected: 1\\" ü')
+
+    client.app.add_route("/boom", Boom())
+    answer = client.simulate_get("/boom")
+    assert answer.status_code == 401
+    header = answer.headers["www-authenticate"]
+    assert header.isascii() and "\r" not in header and "\n" not in header
+    assert header.count('"') == 4  # only the quotes around the two parameter values
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"CONCURRENCY_USER_JWKS": "/tmp/jwks.json"},
+            "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE",
+        ),
+        ({"CONCURRENCY_TOKEN_CACHE_SIZE": "-1"}, "CONCURRENCY_TOKEN_CACHE_SIZE must not be negative"),
+        ({"CONCURRENCY_REDIS_TIMEOUT": "0"}, "CONCURRENCY_REDIS_TIMEOUT must be a positive"),
+        ({"CONCURRENCY_LOG_LEVEL": "chatty"}, "CONCURRENCY_LOG_LEVEL must be one of"),
+        ({"CONCURRENCY_AT_LIMIT": "shrug"}, "CONCURRENCY_AT_LIMIT must be one of"),
+        ({"CONCURRENCY_PLAN_LIMITS": "basic=one"}, "'basic' needs a positive integer"),
+    ],
+)
+def test_config_refuses_unsafe_or_broken_settings(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(environ)
+
+
+def test_unknown_methods_do_not_multiply_metric_series(client):
+    client.simulate_request("TRACE", "/concurrency")  # any method outside the API's own
+    text = client.simulate_get("/metrics").text
+    assert "TRACE" not in text
+    assert 'method="OTHER"' in text

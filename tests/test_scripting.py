@@ -115,3 +115,26 @@ def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis
     time.sleep(0.1)
     assert real_redis.hgetall(store.bucket_key("ann")) == {}
     client.close()
+
+
+def test_an_unexpected_error_reaches_every_call_and_nobody_hangs(redis_server):
+    client = redis.Redis(port=redis_server.port, db=99)  # SELECT 99 fails when the connection opens
+    script = FastScript(Pipeline(client), ECHO)
+    errors = []
+
+    def call():
+        try:
+            script(keys=["k"], args=["x"])
+        except redis.RedisError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads), "a call waits forever"
+    assert len(errors) == 8
+    with pytest.raises(redis.RedisError):
+        script(keys=["k"], args=["later"])  # the pipeline still works: it answers, it does not hang
+    client.close()
