@@ -92,8 +92,10 @@ class Config:
 
     @property
     def longest_token_s(self):
-        """How long any token we sign can be valid: the longer of the session and degraded TTLs."""
-        return max(self.session_ttl_s, self.degraded_ttl_s)
+        """How long any token we sign can be valid: the session TTL, or the degraded one in open mode."""
+        if self.on_store_error == "open":
+            return max(self.session_ttl_s, self.degraded_ttl_s)
+        return self.session_ttl_s
 
     @staticmethod
     def env_name(field_name):
