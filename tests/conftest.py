@@ -42,13 +42,13 @@ def wait_until(predicate, timeout_s=10.0, what="condition"):
 
 
 class RedisServer:
-    """A real redis-server on a free loopback port, in its own temporary directory."""
+    """A real redis-server on a loopback port (a free one unless given), in its own temporary directory."""
 
-    def __init__(self, workdir, *extra_args):
+    def __init__(self, workdir, *extra_args, port=None):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; run scripts/test, which installs it")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self._proc = subprocess.Popen(

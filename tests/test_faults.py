@@ -8,9 +8,7 @@ the worst latencies measured during each fault."""
 
 import collections
 import random
-import shutil
 import signal
-import subprocess
 import threading
 import time
 import types
@@ -52,51 +50,30 @@ class FlakyRedis:
 
     def __init__(self, workdir):
         self._workdir = workdir
-        self._first = RedisServer(workdir)
-        self.port, self.url = self._first.port, self._first.url
-        self._own = None  # the redis-server started after a stop
+        self._server = RedisServer(workdir)
+        self.port, self.url = self._server.port, self._server.url
         self._hung = False
         self._stopped = False
         self.client = redis.Redis(port=self.port, socket_timeout=5)
 
     def hang(self):
-        self._signal(signal.SIGSTOP)
+        self._server.signal(signal.SIGSTOP)
         self._hung = True
 
     def resume(self):
-        self._signal(signal.SIGCONT)
+        self._server.signal(signal.SIGCONT)
         self._hung = False
-
-    def _signal(self, sig):
-        if self._own is None:
-            self._first.signal(sig)
-        else:
-            self._own.send_signal(sig)
 
     def stop(self):
         """Terminate redis-server: whatever it held is lost."""
-        if self._own is None:
-            self._first.stop()
-        elif self._own.poll() is None:
-            self._own.send_signal(signal.SIGCONT)
-            self._own.terminate()
-            self._own.wait(timeout=10)
+        self._server.stop()
         self._hung = False
         self._stopped = True
 
     def start(self):
         """Start a new, empty redis-server on the same port."""
-        command = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self._workdir)]
-        self._own = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._server = RedisServer(self._workdir, port=self.port)
         self._stopped = False
-        wait_until(self._answers, what=f"the new redis-server on port {self.port}")
-
-    def _answers(self):
-        try:
-            return self.client.ping()
-        except redis.ConnectionError:
-            return False
 
     def ensure_resumed(self):
         if self._hung:

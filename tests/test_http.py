@@ -3,16 +3,13 @@
 import http.client
 import json
 import re
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 
 import jwt
 import pytest
-import redis
-from conftest import TEST_TTL_S, ServerProcess, free_port, wait_until
+from conftest import TEST_TTL_S, RedisServer, ServerProcess, free_port, wait_until
 
 from api.config import Config
 
@@ -643,30 +640,6 @@ def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis)
 # --- Redis unavailable ----------------------------------------------------------------------------
 
 
-class OwnRedis:
-    """A redis-server this test starts on a port it chooses, to take Redis away and bring it back."""
-
-    def __init__(self, port, workdir):
-        self.port = port
-        command = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-        self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.client = redis.Redis(port=port)
-        wait_until(self._answers, what=f"redis-server on port {port}")
-
-    def _answers(self):
-        try:
-            return self.client.ping()
-        except redis.ConnectionError:
-            return False
-
-    def stop(self):
-        self.client.close()
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            self._proc.wait(timeout=10)
-
-
 def assert_store_unavailable(answer):
     assert_error(answer, 503, "store_unavailable")
     assert int(answer.headers["retry-after"]) >= 1
@@ -683,7 +656,7 @@ def test_service_without_redis_starts_answers_503_and_recovers(keys_dir, tmp_pat
         assert not_ready.json()["checks"]["redis"] is False
         assert_store_unavailable(start(server, new_user(), "tv"))
 
-        own = OwnRedis(port, tmp_path)
+        own = RedisServer(tmp_path, port=port)
         wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready once redis is up")
         user = new_user()
         sid, token = started(server, user, "tv")
@@ -697,7 +670,7 @@ def test_service_without_redis_starts_answers_503_and_recovers(keys_dir, tmp_pat
         assert_store_unavailable(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token)))
         assert server.request("GET", "/healthz").status == 200
 
-        own = OwnRedis(port, tmp_path)
+        own = RedisServer(tmp_path, port=port)
         wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready again")
         assert stop(server, sid, token).status in (204, 410)  # the new redis never held it
         again = started(server, user, "tv")
