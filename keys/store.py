@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
+TOKEN_TYPE = "session+jwt"  # the `typ` of every token we sign (RFC 8725 3.11)
 STATES = ("next", "active", "retiring", "retired", "revoked")
 PUBLISHED_STATES = ("next", "active", "retiring")
 VERIFYING_STATES = ("active", "retiring")
@@ -82,7 +83,7 @@ class SigningKey:
     @functools.cached_property
     def header(self):
         """The protected header of every token this key signs."""
-        return {"alg": self.alg, "kid": self.kid, "typ": "session+jwt"}
+        return {"alg": self.alg, "kid": self.kid, "typ": TOKEN_TYPE}
 
     @functools.cached_property
     def header_segment(self):

@@ -21,9 +21,8 @@ import time
 from api.errors import InvalidToken, TokenExpired
 
 from .keyring import NoSigningKey
-from .store import ALGORITHMS, b64url
+from .store import ALGORITHMS, TOKEN_TYPE, b64url
 
-TOKEN_TYPE = "session+jwt"
 HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti", "device", "stream")
 STRING_CLAIMS = ("sub", "sid", "jti", "device", "stream")
