@@ -17,6 +17,7 @@ class Concurrency:
         self._store = store
         self._tokens = tokens
         self._ttl_s = config.session_ttl_s
+        self.ttl_ms = self._ttl_s * 1000
         self._degraded_ttl_s = config.degraded_ttl_s
         # An ended session's tombstone outlives every token it was given, leeway included.
         self._tombstone_ms = (config.longest_token_s + config.token_leeway_s) * 1000
@@ -29,8 +30,7 @@ class Concurrency:
     def start(self, user, device, stream, policy):
         """Start or renew a session and return its Grant; raise LimitReached at the limit."""
         try:
-            ttl_ms = self._ttl_s * 1000
-            admission = self._store.admit(user, device, stream, policy, ttl_ms, self._tombstone_ms)
+            admission = self._store.admit(user, device, stream, policy, self.ttl_ms, self._tombstone_ms)
         except StoreUnavailable:
             if not self._fail_open:
                 raise
@@ -50,8 +50,8 @@ class Concurrency:
         limit = claims.get("lim", 0)
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
         try:
-            ttl_ms = self._ttl_s * 1000
-            status, now_ms = self._store.refresh(session, ttl_ms, token_exp_ms, limit, self._stream_limit)
+            args = (token_exp_ms, limit, self._stream_limit)
+            status, now_ms = self._store.refresh(session, self.ttl_ms, *args)
         except StoreUnavailable:
             if not self._fail_open:
                 raise
@@ -74,10 +74,6 @@ class Concurrency:
     def sessions(self, user):
         """Return (server ms, live sessions of `user`)."""
         return self._store.sessions(user)
-
-    @property
-    def ttl_s(self):
-        return self._ttl_s
 
     def _grant(self, session, status, now_ms, limit):
         token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})

@@ -104,7 +104,7 @@ class Observe:
         method = req.method if req.method in _METHODS else "OTHER"  # labels a client cannot multiply
         media = resp.media if isinstance(resp.media, dict) else {}
         outcome = media.get("error") or media.get("status") or resp.status_code
-        if outcome in ("limit_reached",):
+        if outcome == "limit_reached":
             self._metrics.count("limit_hit")
         elif outcome == "store_unavailable":
             self._metrics.count("store_error")

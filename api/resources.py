@@ -18,13 +18,11 @@ class LegacyConcurrency:
         self._session_fields = {"sessionKey": config.max_id_chars, "token": MAX_TOKEN_CHARS}
 
     def on_post(self, req, resp):
-        grant = _start(req, self._concurrency, self._identity, self._config)
-        resp.media = {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
+        resp.media = _legacy_body(_start(req, self._concurrency, self._identity, self._config))
 
     def on_put(self, req, resp):
         sid, token = self._fields(req)
-        grant = self._concurrency.heartbeat(token, sid)
-        resp.media = {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
+        resp.media = _legacy_body(self._concurrency.heartbeat(token, sid))
 
     def on_delete(self, req, resp):
         sid, token = self._fields(req)
@@ -79,7 +77,7 @@ class UserSessions:
     def on_get(self, req, resp, user_id):
         self._authorize(req, user_id)
         now_ms, sessions = self._concurrency.sessions(user_id)
-        ttl_ms = self._concurrency.ttl_s * 1000
+        ttl_ms = self._concurrency.ttl_ms
         resp.media = {
             "userId": user_id,
             "now": now_ms // 1000,
@@ -124,7 +122,7 @@ class Jwks:
         keys = self._keyring.current
         resp.cache_control = [self._cache_control]
         resp.etag = f'"{keys.etag}"'
-        if req.if_none_match and any(tag == "*" or tag == keys.etag for tag in req.if_none_match):
+        if req.if_none_match and any(tag in ("*", keys.etag) for tag in req.if_none_match):
             resp.status = falcon.HTTP_304
             return
         resp.content_type = "application/jwk-set+json"
@@ -173,6 +171,10 @@ def _start(req, concurrency, identity, config):
     body_user, device, stream = require_strings(body, fields, optional=("userId",) * identity.required)
     user, policy = identity.start_user(req, body_user)
     return concurrency.start(user, device, stream, policy)
+
+
+def _legacy_body(grant):
+    return {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
 
 
 def _session_body(grant):

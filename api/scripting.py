@@ -18,6 +18,10 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 PAUSE_AFTER_TIMEOUT_S = 0.5
 
 
+def _paused_error():
+    return ConnectionError("redis timed out less than a moment ago; not trying again yet")
+
+
 class _Call:
     __slots__ = ("packed", "reply", "error", "leads", "_ready")
 
@@ -54,8 +58,8 @@ class Pipeline:
 
     def execute(self, *args):
         """Send one command and return its reply; raise its error."""
-        if self._down_until and time.monotonic() < self._down_until:
-            raise ConnectionError("redis timed out less than a moment ago; not trying again yet")
+        if self._paused():
+            raise _paused_error()
         call = _Call(self._connection.pack_command(*args))
         with self._lock:
             self._waiting.append(call)
@@ -81,10 +85,13 @@ class Pipeline:
             raise call.error
         return call.reply
 
+    def _paused(self):
+        return time.monotonic() < self._down_until
+
     def _round_trip(self, batch, retry=True):
         """Send `batch`, give each call its reply or error, wake the threads waiting on them."""
-        if time.monotonic() < self._down_until:  # Redis timed out while these calls waited
-            return self._finish(batch, 0, ConnectionError("redis timed out a moment ago; not trying yet"))
+        if self._paused():  # Redis timed out while these calls waited
+            return self._finish(batch, 0, _paused_error())
         done = 0
         try:
             parts = [part for call in batch for part in call.packed]

@@ -124,14 +124,15 @@ class RedisStore:
         if status == "late":
             raise StoreUnavailable("session store answered too late; retry shortly")
         if status == "limit":
-            limit, scope = policy.limit, "account"
-            message = f"user already plays {limit} of {limit} allowed streams"
-        elif status == "stream_limit":
-            limit, scope = policy.stream_limit, "stream"
-            message = f"this stream already plays on {limit} devices"
-        if status in ("limit", "stream_limit"):
-            sessions = [_public(s) for s in _sessions(user, reply[2:])]
-            raise LimitReached(message, limit=limit, scope=scope, sessions=sessions)
+            limit = policy.limit
+            raise _limit_reached(
+                f"user already plays {limit} of {limit} allowed streams", limit, "account", user, reply
+            )
+        if status == "stream_limit":
+            limit = policy.stream_limit
+            raise _limit_reached(
+                f"this stream already plays on {limit} devices", limit, "stream", user, reply
+            )
         session = Session(user, reply[2].decode(), device, stream)
         return Admission(session, status, now_ms, tuple(sid.decode() for sid in reply[3:]))
 
@@ -194,6 +195,12 @@ def _sessions(user, flat):
         )
         for i in range(0, len(flat), 5)
     ]
+
+
+def _limit_reached(message, limit, scope, user, reply):
+    """Return the refusal of a start, listing the sessions that hold the limit (the reply's tail)."""
+    sessions = [_public(s) for s in _sessions(user, reply[2:])]
+    return LimitReached(message, limit=limit, scope=scope, sessions=sessions)
 
 
 def _public(session):
