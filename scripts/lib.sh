@@ -12,14 +12,15 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
 }
 
-# A virtualenv in .venv with the package and its test extras, reinstalled when setup.cfg changes.
+# A virtualenv in .venv with the package and its test extras at the versions of constraints.txt,
+# reinstalled when setup.cfg or the constraints change.
 ensure_venv() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv 2>/dev/null || { apt_install python3-venv && python3 -m venv .venv; }
     fi
-    local stamp=".venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+    local stamp=".venv/.installed-$(cat setup.cfg pyproject.toml constraints.txt | sha256sum | cut -c1-16)"
     if [ ! -e "$stamp" ]; then
-        .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+        .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
         rm -f .venv/.installed-*
         touch "$stamp"
     fi
