@@ -5,16 +5,18 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 
 from keys import cli as keys_cli
+from keys.errors import KeyStoreError
 from keys.keyring import Keyring
-from keys.store import KeyStoreError
+from keys.rotation import RotationPolicy
 
 from .config import MULTIPROC_ENV, Config, ConfigError
 from .server import SERVERS, run
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="concurrency-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -26,9 +28,9 @@ def main(argv=None):
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
 
-    keys_cli.add_parser(commands)
+    keys_cli.add_parser(commands, _keys_settings)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(keys_cli.kids_as_positionals(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args) or 0
     except (ConfigError, KeyStoreError) as exc:
@@ -36,12 +38,23 @@ def main(argv=None):
         return 2
 
 
-def _serve(args):
-    if args.keys_dir:
-        os.environ["CONCURRENCY_KEYS_DIR"] = args.keys_dir
+def _keys_settings() -> keys_cli.Settings:
+    """The service settings the key commands follow."""
     config = Config.from_env()
-    keyring = Keyring.from_dir(config.keys_dir)
-    if keyring.current.signing is None:
+    rotation = RotationPolicy(
+        jwks_max_age_s=config.jwks_max_age_s,
+        reload_interval_s=config.keys_reload_s,
+        token_lifetime_s=config.longest_token_s,
+        leeway_s=config.token_leeway_s,
+    )
+    return keys_cli.Settings(config.keys_dir, config.signing_key_pem or None, rotation)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.keys_dir:
+        os.environ[Config.env_name("keys_dir")] = args.keys_dir  # the workers build their app from it
+    config = Config.from_env()
+    if Keyring.open(config.keys_dir, config.signing_key_pem, config.keys_reload_s).current.signing is None:
         print(
             f"concurrency-service: no active signing key in {config.keys_dir!r}.\n"
             f"Make one with:  concurrency-service keys generate --dir {config.keys_dir}",
@@ -50,10 +63,11 @@ def _serve(args):
         return 2
     with _metrics_dir():
         run(args.server, args.bind, args.workers, args.threads)
+    return 0
 
 
 @contextlib.contextmanager
-def _metrics_dir():
+def _metrics_dir() -> Iterator[None]:
     """Give the workers a fresh directory to share Prometheus figures through, unless one is set."""
     if os.environ.get(MULTIPROC_ENV):
         yield

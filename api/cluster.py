@@ -1,16 +1,18 @@
 """Redis Cluster: a client made on first success, scripts that load where they are missing, nodes
 that just failed answered at once."""
 
+import hashlib
 import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.commands.core import Script
-from redis.connection import Encoder, parse_url
+from redis.connection import parse_url
 from redis.exceptions import (
     MaxConnectionsError,
     NoScriptError,
@@ -32,7 +34,7 @@ class LazyCluster:
     timed out, calls to it fail at once for `retry_after_s` instead of each waiting for the timeout:
     a hung master must not take every worker thread from the users of the healthy ones."""
 
-    def __init__(self, urls, options, retry_after_s=1.0):
+    def __init__(self, urls: str, options: dict[str, Any], retry_after_s: float = 1.0) -> None:
         self._urls = [url.strip() for url in urls.split(",") if url.strip()]
         if not self._urls:
             raise ValueError("the redis cluster URL is empty")
@@ -42,17 +44,17 @@ class LazyCluster:
                 raise ValueError(f"redis cluster URL {url!r}: no unix sockets, and only database 0")
         self._options = options
         self._retry_after_s = retry_after_s
-        self._client = None
-        self._failure = None  # (monotonic time, message) of the last failed attempt to connect
+        self._client: RedisCluster | None = None
+        self._failure: tuple[float, str] | None = None  # (monotonic time, message) of the last failed try
         self._lock = threading.Lock()
-        self.failed = {}  # node name -> monotonic time until which calls to it fail at once
+        self.failed: dict[str, float] = {}  # node name -> monotonic time until which calls to it fail at once
         self._next_slots_read = 0.0
         try:  # now if it answers: then every node it names is a startup node, not only the URL's
             self.client()
         except RedisClusterException as exc:
             log.warning("%s; trying again on use", exc)
 
-    def client(self):
+    def client(self) -> RedisCluster:
         """Return the RedisCluster, making it if needed; raise RedisClusterException while unreachable."""
         client = self._client
         if client is not None:
@@ -69,7 +71,7 @@ class LazyCluster:
                     raise RedisClusterException(message) from exc
             return self._client
 
-    def check_node(self, client, key):
+    def check_node(self, client: RedisCluster, key: str) -> str | None:
         """Raise RedisClusterException if the node serving `key` failed less than `retry_after_s` ago.
 
         Once that time is up, let one call through to try it (and return the node's name) while the
@@ -84,13 +86,13 @@ class LazyCluster:
         self.failed[name] = now + self._retry_after_s
         return name
 
-    def node_failed(self, exc):
+    def node_failed(self, exc: Exception) -> None:
         """Remember the node of a connection error or timeout (redis-py sets `exc.connection`)."""
         connection = getattr(exc, "connection", None)
         if connection is not None and not isinstance(exc, MaxConnectionsError):
             self.failed[f"{connection.host}:{connection.port}"] = time.monotonic() + self._retry_after_s
 
-    def slot_not_covered(self, client):
+    def slot_not_covered(self, client: RedisCluster) -> bool:
         """Read the slot map again, at most once per `retry_after_s`; return whether it was read.
 
         redis-py does not when the map it holds lacks a slot (say, read while the cluster was being
@@ -106,37 +108,41 @@ class LazyCluster:
             return False
         return True
 
-    def register_script(self, script):
+    def register_script(self, script: str) -> "ClusterScript":
         return ClusterScript(self, script)
 
-    def get_encoder(self):
-        return Encoder("utf-8", "strict", False)  # RedisCluster's default; the scripts' SHA1 needs it
-
-    def ping(self):
+    def ping(self) -> bool:
         """Whether the cluster answers: its default node, or another primary if that one fails.
 
         Not every node: one dead shard fails its own users, not the readiness of every instance."""
         return self.client().ping(target_nodes=RedisCluster.DEFAULT_NODE)
 
-    def close(self):
+    def close(self) -> None:
         if self._client is not None:
             self._client.disconnect_connection_pools()  # close() alone leaves them open with a URL
             self._client.close()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.client(), name)
 
 
-class ClusterScript(Script):
+class ClusterScript:
     """A Lua script on a LazyCluster: EVALSHA; where the key's node lacks the script, EVAL loads it there.
 
     redis-py's Script sends SCRIPT LOAD to every primary, which fails while any master is down and
     would then fail the healthy masters' users on every call until it is back."""
 
-    def __call__(self, keys=None, args=None, client=None):
-        cluster = self.registered_client
+    def __init__(self, cluster: LazyCluster, script: str) -> None:
+        self._cluster = cluster
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
+
+    def __call__(
+        self, keys: Sequence[str] | None = None, args: Sequence[Any] | None = None, client: Any = None
+    ) -> Any:
+        cluster = self._cluster
         client = client or cluster.client()
         keys, args = keys or [], args or []
         try:
@@ -146,7 +152,9 @@ class ClusterScript(Script):
                 raise
         return self._run(cluster, client, keys, args)  # once more, on the map just read
 
-    def _run(self, cluster, client, keys, args):
+    def _run(
+        self, cluster: LazyCluster, client: RedisCluster, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
         trying = cluster.check_node(client, keys[0]) if cluster.failed else None  # {}: all answer
         try:
             try:
@@ -161,7 +169,7 @@ class ClusterScript(Script):
         return reply
 
 
-def _new_cluster(urls, options):
+def _new_cluster(urls: list[str], options: dict[str, Any]) -> RedisCluster:
     nodes = [parse_url(url) for url in urls]
     return RedisCluster(
         url=urls[0],
@@ -179,7 +187,7 @@ def _new_cluster(urls, options):
     )
 
 
-def _is_ip(host):
+def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:

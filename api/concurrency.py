@@ -1,19 +1,35 @@
 """What start, heartbeat, stop and kick mean, apart from the HTTP shape of either API."""
 
-import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
+from .config import Config
 from .errors import InvalidToken, SessionGone, StoreUnavailable, TokenExpired
-from .store import Session, new_session_id
+from .sessions import Grant, Limits, Session, new_session_id
+from .store import RedisStore
+from .tokens import Claims, SessionTokens
 
 log = logging.getLogger(__name__)
+
+Count = Callable[[str, int], None]  # count(event, n): evicted, kicked, resumed, degraded
+
+
+def _no_count(event: str, n: int = 1) -> None:
+    pass
 
 
 class Concurrency:
     """Admit, refresh and release sessions and hand out their tokens."""
 
-    def __init__(self, store, tokens, config, count=lambda event, n=1: None, clock=time.time):
+    def __init__(
+        self,
+        store: RedisStore,
+        tokens: SessionTokens,
+        config: Config,
+        count: Count = _no_count,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._tokens = tokens
         self._ttl_s = config.session_ttl_s
@@ -24,28 +40,28 @@ class Concurrency:
         self._resume = config.resume
         self._stream_limit = config.stream_limit
         self._fail_open = config.on_store_error == "open"
-        self._count = count  # count(event, n): evicted, kicked, resumed, degraded
+        self._count = count
         self._clock = clock
 
-    def start(self, user, device, stream, policy):
+    def start(self, user: str, device: str, stream: str, limits: Limits) -> Grant:
         """Start or renew a session and return its Grant; raise LimitReached at the limit."""
         try:
-            admission = self._store.admit(user, device, stream, policy, self.ttl_ms, self._tombstone_ms)
+            admission = self._store.admit(user, device, stream, limits, self.ttl_ms, self._tombstone_ms)
         except StoreUnavailable:
             if not self._fail_open:
                 raise
-            return self._degraded(Session(user, new_session_id(), device, stream), "initiated", policy.limit)
+            return self._degraded(Session(user, new_session_id(), device, stream), "initiated", limits.limit)
         for sid in admission.evicted:
             log.info("evicted session %s of user %s", sid, user)
         self._count("evicted", len(admission.evicted))
-        return self._grant(admission.session, admission.status, admission.now_ms, policy.limit)
+        return self._grant(admission.session, admission.status, admission.now_ms, limits.limit)
 
-    def heartbeat(self, token, sid):
+    def heartbeat(self, token: str, sid: str) -> Grant:
         """Verify the token of session `sid`, extend the session and return a Grant with a fresh token."""
         try:
             claims = self._tokens.verify(token)
         except TokenExpired:
-            raise SessionGone("session has expired; stop playback", reason="expired") from None
+            raise SessionGone("expired") from None
         session = _session(claims, sid)
         limit = claims.get("lim", 0)
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
@@ -58,47 +74,37 @@ class Concurrency:
             return self._degraded(session, "updated", limit)
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
-            self._count("resumed")
+            self._count("resumed", 1)
         return self._grant(session, "updated", now_ms, limit)
 
-    def stop(self, token, sid):
+    def stop(self, token: str, sid: str) -> None:
         """Verify the token of session `sid` and end the session at once."""
         self._store.release(_session(self._tokens.verify(token), sid), self._tombstone_ms)
 
-    def kick(self, user, sid=None):
+    def kick(self, user: str, sid: str | None = None) -> list[str]:
         """End one session of `user`, or all of them; return the sids ended."""
         ended = self._store.kick(user, sid, self._tombstone_ms)
         self._count("kicked", len(ended))
         return ended
 
-    def sessions(self, user):
+    def sessions(self, user: str) -> tuple[int, list[Session]]:
         """Return (server ms, live sessions of `user`)."""
         return self._store.sessions(user)
 
-    def _grant(self, session, status, now_ms, limit):
+    def _grant(self, session: Session, status: str, now_ms: int, limit: int) -> Grant:
         token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})
         return Grant(session, status, token, self._ttl_s)
 
-    def _degraded(self, session, status, limit):
+    def _degraded(self, session: Session, status: str, limit: int) -> Grant:
         """Keep the player playing while the store is down: a short token signed on the app clock."""
         log.warning("store down: session %s of user %s goes on degraded", session.sid, session.user)
-        self._count("degraded")
+        self._count("degraded", 1)
         extra = {"lim": limit, "degraded": True}
         token = self._tokens.sign(session, int(self._clock()), self._degraded_ttl_s, extra)
         return Grant(session, status, token, self._degraded_ttl_s)
 
 
-@dataclasses.dataclass(frozen=True)
-class Grant:
-    """What a start or heartbeat hands back: the session, its status and a token valid `ttl_s`."""
-
-    session: Session
-    status: str  # "initiated" or "updated"
-    token: str
-    ttl_s: int
-
-
-def _session(claims, sid):
+def _session(claims: Claims, sid: str) -> Session:
     if claims["sid"] != sid:
         raise InvalidToken("token belongs to another session")
     return Session(claims["sub"], sid, claims["device"], claims["stream"])

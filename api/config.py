@@ -1,57 +1,112 @@
-"""Service configuration: one frozen object, read from CONCURRENCY_* variables."""
+"""Service configuration: every CONCURRENCY_* variable, read here only, parsed once into typed values."""
 
 import dataclasses
 import os
-
-ENV_PREFIX = "CONCURRENCY_"
-
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
 
 AT_LIMIT_CHOICES = ("reject", "evict-oldest")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Where gunicorn's workers share Prometheus figures. prometheus_client reads it when first imported,
 # so `serve` sets it before anything imports that library.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_NONE: Mapping[str, Any] = types.MappingProxyType({})
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
 
 
+def _setting(env: str, default: Any, parse: Callable[[str, str], Any] | None = None) -> Any:
+    """Declare a field read from the variable `env`; `parse(raw, env)` turns its text into the value."""
+    metadata = {"env": env, "parse": parse}
+    if isinstance(default, Mapping):  # immutable, but dataclasses take only hashable defaults as such
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _bool(raw: str, env: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{env}={raw!r} is not a valid bool (true or false)")
+
+
+def _names(raw: str, env: str) -> tuple[str, ...]:
+    """Parse `a,b,c` into a tuple of names."""
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
+
+
+def _plans(raw: str, env: str) -> dict[str, str]:
+    """Parse a `plan=value,plan=value` setting."""
+    pairs = [item.partition("=") for item in raw.split(",")] if raw.strip() else []
+    if any(not sep or not plan.strip() for plan, sep, _ in pairs):
+        raise ConfigError(f"{env} must look like 'basic=1,premium=4'")
+    return {plan.strip(): value.strip() for plan, _, value in pairs}
+
+
+def _plan_limits(raw: str, env: str) -> Mapping[str, int]:
+    plans = _plans(raw, env)
+    for plan, value in plans.items():
+        if not (value.isdigit() and int(value) > 0):
+            raise ConfigError(f"{env}: {plan!r} needs a positive integer")
+    return types.MappingProxyType({plan: int(value) for plan, value in plans.items()})
+
+
+def _plan_behaviours(raw: str, env: str) -> Mapping[str, str]:
+    return types.MappingProxyType(_plans(raw, env))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_mode: str = "standalone"  # or "cluster"
-    redis_timeout_s: float = 0.25
-    max_streams: int = 3
-    stream_limit: int = 0  # sessions of one streamId per user; 0: no such limit
-    at_limit: str = "reject"  # or "evict-oldest"
-    session_ttl_s: int = 60
-    resume: bool = True  # re-admit a session whose Redis entry was lost, while its token is valid
-    on_store_error: str = "closed"  # "open": admit with short-lived degraded tokens while Redis is down
-    degraded_ttl_s: int = 45  # a little over one heartbeat interval
-    buckets: int = 65536
-    keys_dir: str = "keys.d"
-    issuer: str = "concurrency-service"
-    audience: str = "playback"
-    token_leeway_s: int = 5
-    token_cache_size: int = 32768  # tokens a worker remembers signing (about 700 bytes each); 0: off
-    jwks_max_age_s: int = 300
-    max_body_bytes: int = 4096
-    max_id_chars: int = 256
-    retry_after_s: int = 1
-    access_log: bool = False  # one JSON line per request; metrics cover the counts either way
-    log_level: str = "INFO"
-    admin_token: str = ""  # secret for the session-management routes; empty: no admin access
-    user_jwks: str = ""  # URL or file of the identity provider's JWKS; set: starts need a user token
-    user_issuer: str = ""
-    user_audience: str = ""
-    user_algorithms: str = "RS256,ES256,EdDSA"
-    limit_claim: str = "climit"
-    behaviour_claim: str = "cbeh"
-    plan_claim: str = "plan"
-    plan_limits: str = ""  # e.g. "basic=1,standard=2,premium=4"
-    plan_at_limit: str = ""  # e.g. "premium=evict-oldest"
+    redis_url: str = _setting("CONCURRENCY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_mode: str = _setting("CONCURRENCY_REDIS_MODE", "standalone")  # or "cluster"
+    redis_timeout_s: float = _setting("CONCURRENCY_REDIS_TIMEOUT", 0.25)
+    max_streams: int = _setting("CONCURRENCY_MAX_STREAMS", 3)
+    stream_limit: int = _setting("CONCURRENCY_STREAM_LIMIT", 0)  # sessions of one streamId; 0: no limit
+    at_limit: str = _setting("CONCURRENCY_AT_LIMIT", "reject")  # or "evict-oldest"
+    session_ttl_s: int = _setting("CONCURRENCY_SESSION_TTL", 60)
+    resume: bool = _setting(
+        "CONCURRENCY_RESUME", True
+    )  # re-admit a session Redis lost, while its token is valid
+    on_store_error: str = _setting("CONCURRENCY_ON_STORE_ERROR", "closed")  # "open": degraded tokens
+    degraded_ttl_s: int = _setting("CONCURRENCY_DEGRADED_TTL", 45)  # a little over one heartbeat interval
+    buckets: int = _setting("CONCURRENCY_BUCKETS", 65536)
+    keys_dir: str = _setting("CONCURRENCY_KEYS_DIR", "keys.d")
+    keys_reload_s: float = _setting("CONCURRENCY_KEYS_RELOAD", 1.0)  # between checks of the key directory
+    signing_key_pem: str = _setting("CONCURRENCY_SIGNING_KEY_PEM", "")  # one key instead of the directory
+    issuer: str = _setting("CONCURRENCY_ISSUER", "concurrency-service")
+    audience: str = _setting("CONCURRENCY_AUDIENCE", "playback")
+    token_leeway_s: int = _setting("CONCURRENCY_TOKEN_LEEWAY", 5)
+    token_cache_size: int = _setting("CONCURRENCY_TOKEN_CACHE_SIZE", 32768)  # about 700 bytes each; 0: off
+    jwks_max_age_s: int = _setting("CONCURRENCY_JWKS_MAX_AGE", 300)
+    max_body_bytes: int = _setting("CONCURRENCY_MAX_BODY_BYTES", 4096)
+    max_id_chars: int = _setting("CONCURRENCY_MAX_ID_CHARS", 256)
+    retry_after_s: int = _setting("CONCURRENCY_RETRY_AFTER", 1)
+    access_log: bool = _setting("CONCURRENCY_ACCESS_LOG", False)  # one JSON line per request
+    log_level: str = _setting("CONCURRENCY_LOG_LEVEL", "INFO")
+    admin_token: str = _setting("CONCURRENCY_ADMIN_TOKEN", "")  # secret for the management routes
+    user_jwks: str = _setting(
+        "CONCURRENCY_USER_JWKS", ""
+    )  # IdP's JWKS URL or file; set: starts need a user token
+    user_issuer: str = _setting("CONCURRENCY_USER_ISSUER", "")
+    user_audience: str = _setting("CONCURRENCY_USER_AUDIENCE", "")
+    user_algorithms: tuple[str, ...] = _setting(
+        "CONCURRENCY_USER_ALGORITHMS", ("RS256", "ES256", "EdDSA"), _names
+    )
+    limit_claim: str = _setting("CONCURRENCY_LIMIT_CLAIM", "climit")
+    behaviour_claim: str = _setting("CONCURRENCY_BEHAVIOUR_CLAIM", "cbeh")
+    plan_claim: str = _setting("CONCURRENCY_PLAN_CLAIM", "plan")
+    plan_limits: Mapping[str, int] = _setting(
+        "CONCURRENCY_PLAN_LIMITS", _NONE, _plan_limits
+    )  # basic=1,premium=4
+    plan_at_limit: Mapping[str, str] = _setting("CONCURRENCY_PLAN_AT_LIMIT", _NONE, _plan_behaviours)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "buckets", "max_body_bytes")
         for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
@@ -59,71 +114,66 @@ class Config:
         for name in ("stream_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must not be negative")
-        if not self.redis_timeout_s > 0:
-            raise ConfigError(f"{self.env_name('redis_timeout_s')} must be a positive number of seconds")
+        for name in ("redis_timeout_s", "keys_reload_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{self.env_name(name)} must be a positive number of seconds")
         choices = {
             "redis_mode": ("standalone", "cluster"),
             "at_limit": AT_LIMIT_CHOICES,
             "on_store_error": ("closed", "open"),
-            "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            "log_level": LOG_LEVELS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{self.env_name(name)} must be one of {', '.join(allowed)}")
-        for plan, value in self.plan_map("plan_limits").items():
-            if not (value.isdigit() and int(value) > 0):
+        for plan, limit in self.plan_limits.items():
+            if not (type(limit) is int and limit > 0):
                 raise ConfigError(f"{self.env_name('plan_limits')}: {plan!r} needs a positive integer")
-        for plan, value in self.plan_map("plan_at_limit").items():
+        for plan, value in self.plan_at_limit.items():
             if value not in AT_LIMIT_CHOICES:
                 raise ConfigError(f"{self.env_name('plan_at_limit')}: {plan!r} needs reject or evict-oldest")
         if self.user_jwks and not (self.user_issuer and self.user_audience):
             # RFC 8725 3.9, 3.10: a token the identity provider issued to another app must not pass.
             raise ConfigError(
-                "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with USER_JWKS"
+                "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with"
+                " CONCURRENCY_USER_JWKS"
             )
 
-    def plan_map(self, name):
-        """Parse a `plan=value,plan=value` setting."""
-        raw = getattr(self, name).strip()
-        pairs = [item.partition("=") for item in raw.split(",")] if raw else []
-        if any(not sep or not plan.strip() for plan, sep, _ in pairs):
-            raise ConfigError(f"{self.env_name(name)} must look like 'basic=1,premium=4'")
-        return {plan.strip(): value.strip() for plan, _, value in pairs}
-
     @property
-    def longest_token_s(self):
+    def longest_token_s(self) -> int:
         """How long any token we sign can be valid: the session TTL, or the degraded one in open mode."""
         if self.on_store_error == "open":
             return max(self.session_ttl_s, self.degraded_ttl_s)
         return self.session_ttl_s
 
-    @staticmethod
-    def env_name(field_name):
-        """Return the variable for a field: `session_ttl_s` is CONCURRENCY_SESSION_TTL (seconds)."""
-        return ENV_PREFIX + field_name.upper().removesuffix("_S")
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """Return the variable a field is read from."""
+        return str(cls.__dataclass_fields__[field_name].metadata["env"])
 
     @classmethod
-    def from_env(cls, environ=os.environ, **overrides):
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> "Config":
         """Build from CONCURRENCY_* variables; explicit overrides win."""
         values = {}
         for field in dataclasses.fields(cls):
-            raw = environ.get(cls.env_name(field.name))
+            env = field.metadata["env"]
+            raw = environ.get(env)
             if raw is None or field.name in overrides:
                 continue
-            kind = type(field.default)
-            try:
-                values[field.name] = _parse_bool(raw) if kind is bool else kind(raw)
-            except ValueError:
-                raise ConfigError(
-                    f"{cls.env_name(field.name)}={raw!r} is not a valid {kind.__name__}"
-                ) from None
+            parse = field.metadata["parse"] or _parser(type(field.default))
+            values[field.name] = parse(raw, env)
         return cls(**values, **overrides)
 
 
-def _parse_bool(raw):
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
+def _parser(kind: type) -> Callable[[str, str], Any]:
+    """Return the parser of a plain bool, int, float or str setting."""
+    if kind is bool:
+        return _bool
+
+    def parse(raw: str, env: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+
+    return parse

@@ -1,4 +1,8 @@
-"""The one error tree of the service; `app.py` maps it to HTTP."""
+"""The one error tree of the service; api/responses.py maps it (and the `keys` errors) to HTTP."""
+
+from typing import Any
+
+from .sessions import Session
 
 
 class ServiceError(Exception):
@@ -6,10 +10,11 @@ class ServiceError(Exception):
 
     status = "500 Internal Server Error"
     code = "internal_error"
+    message = "internal error"
 
-    def __init__(self, message, **details):
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
         self.details = details
 
 
@@ -33,8 +38,16 @@ class TokenExpired(InvalidToken):
 
 
 class LimitReached(ServiceError):
+    """A start would exceed the limit of `scope` (account or stream), held by the sessions `holders`."""
+
     status = "403 Forbidden"
     code = "limit_reached"
+
+    def __init__(self, scope: str, limit: int, holders: list[Session]) -> None:
+        super().__init__(f"{scope} limit of {limit} reached")
+        self.scope = scope
+        self.limit = limit
+        self.holders = holders
 
 
 class NotFound(ServiceError):
@@ -48,6 +61,10 @@ class SessionGone(ServiceError):
     status = "410 Gone"
     code = "session_gone"
 
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"session has ended ({reason}); stop playback", reason=reason)
+        self.reason = reason
+
 
 class PayloadTooLarge(ServiceError):
     status = "413 Payload Too Large"
@@ -57,3 +74,4 @@ class PayloadTooLarge(ServiceError):
 class StoreUnavailable(ServiceError):
     status = "503 Service Unavailable"
     code = "store_unavailable"
+    message = "session store is unavailable; retry shortly"

@@ -1,11 +1,15 @@
 """Reading and checking request input: every problem becomes a 4xx naming it."""
 
 import json
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import falcon
 
 from .errors import BadRequest, InvalidToken, PayloadTooLarge
 
 
-def read_json(req, max_bytes):
+def read_json(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     """Return the request body as a JSON object, at most `max_bytes` long."""
     if req.content_length is not None and req.content_length > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
@@ -25,18 +29,19 @@ def read_json(req, max_bytes):
     return body
 
 
-def require_strings(body, limits, optional=()):
+def require_strings(
+    body: Mapping[str, Any], limits: Mapping[str, int], optional: Collection[str] = ()
+) -> dict[str, str]:
     """Return the fields named in `limits`, each a non-empty string no longer than its limit; no others.
 
-    A field named in `optional` may be absent and is then None."""
+    A field named in `optional` may be absent and is then left out."""
     unknown = sorted(set(body) - set(limits))
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
-    values = []
+    values = {}
     for name, max_chars in limits.items():
         value = body.get(name)
         if value is None and name in optional:
-            values.append(None)
             continue
         if value is None:
             raise BadRequest(f"field {name!r} is required", field=name)
@@ -48,11 +53,11 @@ def require_strings(body, limits, optional=()):
             raise BadRequest(f"field {name!r} is not valid unicode text", field=name)
         if len(value) > max_chars:
             raise BadRequest(f"field {name!r} is longer than {max_chars} characters", field=name)
-        values.append(value)
+        values[name] = value
     return values
 
 
-def bearer_token(req, what="session token"):
+def bearer_token(req: falcon.Request, what: str = "session token") -> str:
     """Return the token of an `Authorization: Bearer` header."""
     header = req.get_header("Authorization")
     if not header:
@@ -63,7 +68,7 @@ def bearer_token(req, what="session token"):
     return token.strip()
 
 
-def _encodable(value):
+def _encodable(value: str) -> bool:
     try:
         value.encode()
     except UnicodeEncodeError:  # a lone surrogate from a JSON escape

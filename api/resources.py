@@ -2,66 +2,89 @@
 
 import falcon
 
-from keys.tokens import MAX_TOKEN_CHARS
+from keys.keyring import Keyring
 
+from .concurrency import Concurrency
+from .config import Config
 from .errors import BadRequest, NotFound
+from .identity import Identity
 from .requests import bearer_token, read_json, require_strings
+from .responses import legacy_body, listing_body, session_body
+from .sessions import Grant
+from .store import RedisStore
+from .tokens import MAX_TOKEN_CHARS
+
+
+class Starts:
+    """Read a start request, decide who the user is and what they may play, and start the session."""
+
+    def __init__(self, concurrency: Concurrency, identity: Identity, config: Config) -> None:
+        self._concurrency = concurrency
+        self._identity = identity
+        self._max_body_bytes = config.max_body_bytes
+        self._fields = dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
+
+    def __call__(self, req: falcon.Request) -> Grant:
+        body = read_json(req, self._max_body_bytes)
+        optional = ("userId",) if self._identity.required else ()
+        fields = require_strings(body, self._fields, optional=optional)
+        user, limits = self._identity.start_user(req, fields.get("userId"))
+        return self._concurrency.start(user, fields["deviceId"], fields["streamId"], limits)
 
 
 class LegacyConcurrency:
     """`/concurrency`: the seed's contract, kept field for field."""
 
-    def __init__(self, concurrency, identity, config):
+    def __init__(self, concurrency: Concurrency, start: Starts, config: Config) -> None:
         self._concurrency = concurrency
-        self._identity = identity
-        self._config = config
+        self._start = start
+        self._max_body_bytes = config.max_body_bytes
         self._session_fields = {"sessionKey": config.max_id_chars, "token": MAX_TOKEN_CHARS}
 
-    def on_post(self, req, resp):
-        resp.media = _legacy_body(_start(req, self._concurrency, self._identity, self._config))
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = legacy_body(self._start(req))
 
-    def on_put(self, req, resp):
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
         sid, token = self._fields(req)
-        resp.media = _legacy_body(self._concurrency.heartbeat(token, sid))
+        resp.media = legacy_body(self._concurrency.heartbeat(token, sid))
 
-    def on_delete(self, req, resp):
+    def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
         sid, token = self._fields(req)
         self._concurrency.stop(token, sid)
         resp.status = falcon.HTTP_204
 
-    def _fields(self, req):
-        return require_strings(read_json(req, self._config.max_body_bytes), self._session_fields)
+    def _fields(self, req: falcon.Request) -> tuple[str, str]:
+        fields = require_strings(read_json(req, self._max_body_bytes), self._session_fields)
+        return fields["sessionKey"], fields["token"]
 
 
 class Sessions:
     """`/v1/sessions`: start a session."""
 
-    def __init__(self, concurrency, identity, config):
-        self._concurrency = concurrency
-        self._identity = identity
-        self._config = config
+    def __init__(self, start: Starts) -> None:
+        self._start = start
 
-    def on_post(self, req, resp):
-        grant = _start(req, self._concurrency, self._identity, self._config)
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        grant = self._start(req)
         if grant.status == "initiated":
             resp.status = falcon.HTTP_201
             resp.location = f"/v1/sessions/{grant.session.sid}"
-        resp.media = _session_body(grant)
+        resp.media = session_body(grant)
 
 
-class Session:
+class SessionItem:
     """`/v1/sessions/{sessionId}`: heartbeat and stop, with the session token as Bearer."""
 
-    def __init__(self, concurrency, config):
+    def __init__(self, concurrency: Concurrency, config: Config) -> None:
         self._concurrency = concurrency
-        self._config = config
+        self._max_id_chars = config.max_id_chars
 
-    def on_put(self, req, resp, session_id):
-        _check_id("sessionId", session_id, self._config)
-        resp.media = _session_body(self._concurrency.heartbeat(bearer_token(req), session_id))
+    def on_put(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
+        _check_id("sessionId", session_id, self._max_id_chars)
+        resp.media = session_body(self._concurrency.heartbeat(bearer_token(req), session_id))
 
-    def on_delete(self, req, resp, session_id):
-        _check_id("sessionId", session_id, self._config)
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
+        _check_id("sessionId", session_id, self._max_id_chars)
         self._concurrency.stop(bearer_token(req), session_id)
         resp.status = falcon.HTTP_204
 
@@ -69,56 +92,43 @@ class Session:
 class UserSessions:
     """`/v1/users/{userId}/sessions`: the account owner's view; list or stop all."""
 
-    def __init__(self, concurrency, identity, config):
+    def __init__(self, concurrency: Concurrency, identity: Identity, config: Config) -> None:
         self._concurrency = concurrency
         self._identity = identity
-        self._config = config
+        self._max_id_chars = config.max_id_chars
 
-    def on_get(self, req, resp, user_id):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         self._authorize(req, user_id)
         now_ms, sessions = self._concurrency.sessions(user_id)
-        ttl_ms = self._concurrency.ttl_ms
-        resp.media = {
-            "userId": user_id,
-            "now": now_ms // 1000,
-            "sessions": [
-                {
-                    "sessionId": s.sid,
-                    "deviceId": s.device,
-                    "streamId": s.stream,
-                    "started": s.started_ms // 1000,
-                    "lastHeartbeat": (s.expires_ms - ttl_ms) // 1000,
-                    "expires": s.expires_ms // 1000,
-                }
-                for s in sessions
-            ],
-        }
+        resp.media = listing_body(user_id, now_ms, sessions, self._concurrency.ttl_ms)
 
-    def on_delete(self, req, resp, user_id):
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         self._authorize(req, user_id)
         self._concurrency.kick(user_id)
         resp.status = falcon.HTTP_204
 
-    def on_delete_one(self, req, resp, user_id, session_id):
+    def on_delete_one(
+        self, req: falcon.Request, resp: falcon.Response, user_id: str, session_id: str
+    ) -> None:
         self._authorize(req, user_id)
-        _check_id("sessionId", session_id, self._config)
+        _check_id("sessionId", session_id, self._max_id_chars)
         if not self._concurrency.kick(user_id, session_id):
             raise NotFound(f"user {user_id!r} has no live session {session_id!r}")
         resp.status = falcon.HTTP_204
 
-    def _authorize(self, req, user_id):
-        _check_id("userId", user_id, self._config)
+    def _authorize(self, req: falcon.Request, user_id: str) -> None:
+        _check_id("userId", user_id, self._max_id_chars)
         self._identity.authorize_owner(req, user_id)
 
 
 class Jwks:
     """`/.well-known/jwks.json`: the public keys that verify our tokens, cacheable."""
 
-    def __init__(self, keyring, max_age_s):
+    def __init__(self, keyring: Keyring, max_age_s: int) -> None:
         self._keyring = keyring
         self._cache_control = f"public, max-age={max_age_s}"
 
-    def on_get(self, req, resp):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         keys = self._keyring.current
         resp.cache_control = [self._cache_control]
         resp.etag = f'"{keys.etag}"'
@@ -132,18 +142,18 @@ class Jwks:
 class Health:
     """`/health` and `/healthz`: the process answers."""
 
-    def on_get(self, req, resp):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = {"status": "ok"}
 
 
 class Ready:
     """`/readyz`: Redis answers and a signing key is loaded."""
 
-    def __init__(self, store, keyring):
+    def __init__(self, store: RedisStore, keyring: Keyring) -> None:
         self._store = store
         self._keyring = keyring
 
-    def on_get(self, req, resp):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks = {
             "redis": self._store.ping(),
             "keys": self._keyring.current.signing is not None,
@@ -156,36 +166,14 @@ class Ready:
 class OpenApi:
     """`/openapi.yaml`: the contract this service follows."""
 
-    def __init__(self, document):
+    def __init__(self, document: bytes) -> None:
         self._document = document
 
-    def on_get(self, req, resp):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "application/yaml"
         resp.data = self._document
 
 
-def _start(req, concurrency, identity, config):
-    """Read a start request, decide who the user is and what they may play, and start the session."""
-    body = read_json(req, config.max_body_bytes)
-    fields = dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
-    body_user, device, stream = require_strings(body, fields, optional=("userId",) * identity.required)
-    user, policy = identity.start_user(req, body_user)
-    return concurrency.start(user, device, stream, policy)
-
-
-def _legacy_body(grant):
-    return {"sessionKey": grant.session.sid, "token": grant.token, "status": grant.status}
-
-
-def _session_body(grant):
-    return {
-        "sessionId": grant.session.sid,
-        "token": grant.token,
-        "status": grant.status,
-        "expiresIn": grant.ttl_s,
-    }
-
-
-def _check_id(name, value, config):
-    if len(value) > config.max_id_chars:
-        raise BadRequest(f"{name} is longer than {config.max_id_chars} characters", field=name)
+def _check_id(name: str, value: str, max_chars: int) -> None:
+    if len(value) > max_chars:
+        raise BadRequest(f"{name} is longer than {max_chars} characters", field=name)

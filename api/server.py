@@ -1,9 +1,11 @@
 """Run the WSGI app under granian (the default: HTTP in Rust, measured fastest) or gunicorn."""
 
+from typing import Any
+
 SERVERS = ("granian", "gunicorn")
 
 
-def run(server, bind, workers, threads):
+def run(server: str, bind: str, workers: int, threads: int) -> None:
     """Serve `api.app:get_app()` on HOST:PORT until stopped."""
     host, _, port = bind.rpartition(":")
     if server == "granian":
@@ -12,7 +14,7 @@ def run(server, bind, workers, threads):
         _run_gunicorn(bind, workers, threads)
 
 
-def _run_granian(host, port, workers, threads):
+def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
     from granian import Granian
     from granian.constants import Interfaces
 
@@ -29,11 +31,11 @@ def _run_granian(host, port, workers, threads):
     ).serve()
 
 
-def _run_gunicorn(bind, workers, threads):
+def _run_gunicorn(bind: str, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     class Gunicorn(BaseApplication):
-        def load_config(self):
+        def load_config(self) -> None:
             options = {"bind": bind, "workers": workers, "threads": threads, "accesslog": None}
             options["control_socket_disable"] = True  # gunicorn >= 25 opens one in $HOME otherwise
             options["child_exit"] = _mark_worker_dead
@@ -42,7 +44,7 @@ def _run_gunicorn(bind, workers, threads):
             for name, value in options.items():
                 self.cfg.set(name, value)
 
-        def load(self):
+        def load(self) -> Any:
             from .app import get_app
 
             return get_app()
@@ -50,7 +52,7 @@ def _run_gunicorn(bind, workers, threads):
     Gunicorn().run()
 
 
-def _mark_worker_dead(server, worker):
+def _mark_worker_dead(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

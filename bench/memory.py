@@ -6,7 +6,8 @@ each is loaded into its own fresh redis-server and measured as the growth of `us
 
 import functools
 
-from api.store import Policy, RedisStore
+from api.sessions import Limits
+from api.store import RedisStore
 
 from .processes import redis_server
 
@@ -34,7 +35,7 @@ def load_seed_model(client, sessions):
 def load_store_model(client, sessions, buckets, max_streams=3):
     """This service's model, written by the store's own admit script, one call per session."""
     store = RedisStore(client, buckets)
-    policy = Policy(limit=max_streams)
+    policy = Limits(limit=max_streams)
     for i in range(sessions):
         store.admit(user(i), DEVICE, STREAM, policy, STORE_TTL_MS, STORE_TTL_MS)
 

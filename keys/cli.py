@@ -1,26 +1,42 @@
 """`concurrency-service keys ...`: the signing-key commands."""
 
+import argparse
+import dataclasses
 import json
 import logging
-import os
 import sys
 import time
+from collections.abc import Callable
 
-from api.config import Config
+from .keyring import KeySet
+from .records import ALGORITHMS, KID
+from .rotation import Lifecycle, RotationPolicy, Step, at
+from .store import PEM_ENV, KeyStore
 
-from .keyring import PEM_ENV, RELOAD_ENV, RELOAD_INTERVAL_S, KeySet
-from .rotation import Lifecycle, Policy
-from .store import ALGORITHMS, KeyStore, KeyStoreError
+KID_COMMANDS = ("retire", "revoke")  # the commands that take a kid as their one positional argument
 
 
-def add_parser(commands):
-    """Add the `keys` command and its subcommands to the CLI's subparsers."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What the commands need from the service's configuration."""
+
+    keys_dir: str
+    env_pem: str | None
+    rotation: RotationPolicy
+
+
+def add_parser(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", settings: Callable[[], Settings]
+) -> None:
+    """Add the `keys` command and its subcommands; `settings()` is called when one runs."""
     keys = commands.add_parser("keys", help="manage signing keys").add_subparsers(dest="keys", required=True)
 
-    def command(name, run, help):
+    def command(
+        name: str, run: Callable[[argparse.Namespace, Settings], None], help: str
+    ) -> argparse.ArgumentParser:
         parser = keys.add_parser(name, help=help, description=help)
         parser.add_argument("--dir", help="key directory (default: CONCURRENCY_KEYS_DIR)")
-        parser.set_defaults(run=run)
+        parser.set_defaults(run=lambda args: run(args, settings()))
         return parser
 
     generate = command(
@@ -53,93 +69,115 @@ def add_parser(commands):
     command("jwks", _jwks, "print the JWKS the service publishes from this directory")
 
 
-def _configure_logging():
+def kids_as_positionals(argv: list[str]) -> list[str]:
+    """Move a kid that starts with '-' (one in 64 do) behind '--', so argparse takes it as the kid."""
+    if len(argv) < 2 or argv[0] != "keys" or argv[1] not in KID_COMMANDS:
+        return argv
+    kids = [
+        i
+        for i, arg in enumerate(argv)
+        if arg.startswith("-") and KID.fullmatch(arg) and argv[i - 1] != "--dir"
+    ]
+    if not kids or "--" in argv:
+        return argv
+    return [arg for i, arg in enumerate(argv) if i not in kids] + ["--", *(argv[i] for i in kids)]
+
+
+def _configure_logging() -> None:
     """Log every change of the `keys` package to stderr, with a time stamp."""
     logger = logging.getLogger("keys")
     for handler in [h for h in logger.handlers if getattr(h, "keys_cli", False)]:
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.keys_cli = True
+    handler.keys_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
-def _store(args):
-    return KeyStore(args.dir or Config.from_env().keys_dir)
+def _store(args: argparse.Namespace, settings: Settings) -> KeyStore:
+    return KeyStore(args.dir or settings.keys_dir)
 
 
-def _lifecycle(args, token_lifetime_s=None):
+def _lifecycle(args: argparse.Namespace, settings: Settings) -> Lifecycle:
     _configure_logging()
-    config = Config.from_env()
-    try:
-        reload_s = float(os.environ.get(RELOAD_ENV, RELOAD_INTERVAL_S))
-    except ValueError:
-        raise KeyStoreError(f"{RELOAD_ENV}={os.environ[RELOAD_ENV]!r} is not a number of seconds") from None
-    policy = Policy(
-        jwks_max_age_s=config.jwks_max_age_s,
-        reload_interval_s=reload_s,
-        token_lifetime_s=token_lifetime_s or config.longest_token_s,
-        leeway_s=config.token_leeway_s,
-    )
-    return Lifecycle(_store(args), policy)
+    return Lifecycle(_store(args, settings), settings.rotation)
 
 
-def _say(lines):
-    for line in lines:
-        print(line)
-
-
-def _generate(args):
+def _generate(args: argparse.Namespace, settings: Settings) -> None:
     _configure_logging()
-    print(_store(args).generate(args.alg, args.state))
+    print(_store(args, settings).generate(args.alg, args.state))
 
 
-def _list(args):
-    store = _store(args)
-    records = store.records()
+def _list(args: argparse.Namespace, settings: Settings) -> None:
+    records = _store(args, settings).records()
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps([r.to_json() for r in records], indent=2))
         return
     now = time.time()
     print(f"{'KID':43}  {'ALG':5}  {'STATE':8}  {'AGE':>7}  {'IN STATE':>8}  NOTE")
     for record in records:
-        state = record["state"]
-        since = record["times"].get(state, record["created"])
         note = ""
-        if state == "active" and since > now:
-            note = f"signs in {since - now:.0f} s"
-        elif state == "retiring" and record["times"]["retiring"] > now:
-            note = f"signs for {record['times']['retiring'] - now:.0f} s more"
-        age = _duration(now - record["created"])
-        print(
-            f"{record['kid']:43}  {record['alg']:5}  {state:8}  {age:>7}  {_duration(now - since):>8}  {note}"
-        )
-    if os.environ.get(PEM_ENV):
+        if record.state == "active" and record.since > now:
+            note = f"signs in {record.since - now:.0f} s"
+        elif record.state == "retiring" and record.active_until > now:
+            note = f"signs for {record.active_until - now:.0f} s more"
+        age, in_state = _duration(now - record.created), _duration(now - record.since)
+        print(f"{record.kid:43}  {record.alg:5}  {record.state:8}  {age:>7}  {in_state:>8}  {note}")
+    if settings.env_pem:
         print(f"(and one key from ${PEM_ENV}: active until a key here is)")
 
 
-def _rotate(args):
-    _say(_lifecycle(args).rotate(force=args.force, alg=args.alg))
+def _rotate(args: argparse.Namespace, settings: Settings) -> None:
+    _tell(_lifecycle(args, settings).rotate(force=args.force, alg=args.alg), settings.rotation)
 
 
-def _retire(args):
-    _say(_lifecycle(args).retire(args.kid, force=args.force))
+def _retire(args: argparse.Namespace, settings: Settings) -> None:
+    _tell(_lifecycle(args, settings).retire(args.kid, force=args.force), settings.rotation)
 
 
-def _revoke(args):
-    _say(_lifecycle(args).revoke(args.kid))
+def _revoke(args: argparse.Namespace, settings: Settings) -> None:
+    _tell(_lifecycle(args, settings).revoke(args.kid), settings.rotation)
 
 
-def _prune(args):
-    _say(_lifecycle(args, args.token_lifetime).prune())
+def _prune(args: argparse.Namespace, settings: Settings) -> None:
+    policy = settings.rotation
+    if args.token_lifetime:
+        policy = dataclasses.replace(policy, token_lifetime_s=args.token_lifetime)
+    _tell(
+        _lifecycle(args, dataclasses.replace(settings, rotation=policy)).prune(), policy, "nothing to prune"
+    )
 
 
-def _jwks(args):
-    print(json.dumps(KeySet(_store(args).load()).jwks, indent=2))
+def _jwks(args: argparse.Namespace, settings: Settings) -> None:
+    print(json.dumps(KeySet(_store(args, settings).load()).jwks, indent=2))
 
 
-def _duration(seconds):
+def _tell(steps: list[Step], policy: RotationPolicy, nothing: str = "nothing to do") -> None:
+    """Print one line per step for the operator."""
+    reach = f"{policy.reload_interval_s:g} s (the workers' reload interval)"
+    for step in steps:
+        when = at(step.at) if step.at is not None else ""
+        print(
+            {
+                "made-next": f"made next key {step.kid} ({step.alg}); it is published now",
+                "wait-for-caches": f"verifiers may cache the JWKS for {policy.jwks_max_age_s:g} s: run"
+                f" `concurrency-service keys rotate` again after {when}"
+                " (or now with --force, which may fail tokens at verifiers holding an old JWKS)",
+                "signs-from": f"{step.kid} signs from {when} (every worker verifies it by then)",
+                "signs-now": f"{step.kid} signs from now",
+                "retiring": f"{step.kid} is retiring: it verifies until pruned, after {when}",
+                "retired": f"{step.kid} is retired: gone from the JWKS and from verification within {reach}",
+                "pruned": f"{step.kid} is retired (its last token expired)",
+                "stays-retiring": f"{step.kid} stays retiring until {when}",
+                "revoked": f"{step.kid} is revoked: gone from the JWKS and from verification within {reach}",
+            }[step.kind]
+        )
+    if not steps:
+        print(nothing)
+
+
+def _duration(seconds: float) -> str:
     seconds = max(0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:

@@ -1,52 +1,54 @@
 """The keys a worker uses right now, reloaded from the key store when its files change.
 
-Each worker polls the key directory at most once per reload interval (`CONCURRENCY_KEYS_RELOAD`, default
-1 s), on the first request after the interval: a `stat` of a few files, no parsing unless something changed.
-A changed directory is loaded whole into a new KeySet that replaces the old one in one assignment; a broken
-one is logged and ignored, so a bad write never takes a worker down or leaves it half-rotated.
+Each worker polls the key directory at most once per reload interval, on the first request after the
+interval: a `stat` of a few files, no parsing unless something changed. A changed directory is loaded whole
+into a new KeySet that replaces the old one in one assignment; a broken one is logged and ignored, so a bad
+write never takes a worker down or leaves it half-rotated.
 """
 
 import hashlib
 import json
 import logging
 import math
-import os
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from .store import PUBLISHED_STATES, VERIFYING_STATES, KeyStore, KeyStoreError
+from .errors import KeyStoreError, NoSigningKey
+from .material import SigningKey
+from .records import PUBLISHED_STATES, VERIFYING_STATES
+from .store import Fingerprint, KeyStore
 
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_S = 1.0
-RELOAD_ENV = "CONCURRENCY_KEYS_RELOAD"
-PEM_ENV = "CONCURRENCY_SIGNING_KEY_PEM"
-
-
-class NoSigningKey(KeyStoreError):
-    """No key is active."""
 
 
 class KeySet:
     """An immutable snapshot: the signing schedule, the verifying keys by kid, the JWKS document."""
 
-    def __init__(self, keys):
+    def __init__(self, keys: Iterable[SigningKey]) -> None:
         self.keys = tuple(keys)
-        self.verifying = {k.kid: k for k in keys if k.state in VERIFYING_STATES}
+        self.verifying = {k.kid: k for k in self.keys if k.state in VERIFYING_STATES}
         # Newest activation first: the first key whose window holds `now` signs. A rotation schedules the new
         # key's activation a little ahead, so every worker verifies it before any worker signs with it.
         windows = [
-            (k.active_from, k.active_until, k) for k in self.verifying.values() if k.active_from is not None
+            (start, k.record.active_until, k)
+            for k in self.verifying.values()
+            if (start := k.record.active_from) is not None
         ]
         windows.sort(key=lambda w: w[0], reverse=True)
         if windows:  # the oldest signer also covers any earlier time, so a clock behind ours still gets a key
             windows[-1] = (-math.inf, *windows[-1][1:])
         self._windows = windows
-        self.jwks = {"keys": [k.public_jwk() for k in keys if k.state in PUBLISHED_STATES]}
+        self.jwks: dict[str, Any] = {
+            "keys": [k.public_jwk() for k in self.keys if k.state in PUBLISHED_STATES]
+        }
         self.jwks_body = json.dumps(self.jwks, separators=(",", ":")).encode()
         self.etag = hashlib.sha256(self.jwks_body).hexdigest()[:32]  # unquoted; the resource quotes it
 
-    def signing_at(self, now_s):
+    def signing_at(self, now_s: float) -> SigningKey | None:
         """Return the key that signs at `now_s` (epoch seconds), or None."""
         for start, end, key in self._windows:
             if start <= now_s < end:
@@ -54,67 +56,66 @@ class KeySet:
         return None
 
     @property
-    def signing(self):
+    def signing(self) -> SigningKey | None:
         return self.signing_at(time.time())
 
 
 class Keyring:
     """Serve the current KeySet; poll the key directory so rotations reach every worker."""
 
-    def __init__(self, store, reload_interval_s=RELOAD_INTERVAL_S, clock=time.monotonic):
+    def __init__(
+        self,
+        store: KeyStore,
+        reload_interval_s: float = RELOAD_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._interval = reload_interval_s
         self._clock = clock
         self._lock = threading.Lock()
         self._fingerprint = store.fingerprint()
         self._keys = KeySet(store.load())
-        self._rejected = None
+        self._rejected: Fingerprint | None = None
         self._next_check = clock() + reload_interval_s
 
     @classmethod
-    def from_dir(cls, directory, environ=None, **kwargs):
-        """Build over `directory`, with the reload interval and optional PEM key from the environment."""
-        environ = os.environ if environ is None else environ
-        if RELOAD_ENV in environ and "reload_interval_s" not in kwargs:
-            try:
-                kwargs["reload_interval_s"] = float(environ[RELOAD_ENV])
-            except ValueError:
-                raise KeyStoreError(
-                    f"{RELOAD_ENV}={environ[RELOAD_ENV]!r} is not a number of seconds"
-                ) from None
-        return cls(KeyStore(directory, env_pem=environ.get(PEM_ENV)), **kwargs)
+    def open(
+        cls, directory: str, env_pem: str = "", reload_interval_s: float = RELOAD_INTERVAL_S
+    ) -> "Keyring":
+        """Return the keyring over a key directory and, if given, a PEM key from the environment."""
+        return cls(KeyStore(directory, env_pem=env_pem or None), reload_interval_s)
 
     @property
-    def reload_interval_s(self):
+    def reload_interval_s(self) -> float:
         return self._interval
 
     @property
-    def current(self):
+    def current(self) -> KeySet:
         """Return the current KeySet, checking the directory first when the interval has passed."""
         if self._clock() >= self._next_check:
             self._poll()
         return self._keys
 
     @property
-    def signing_key(self):
+    def signing_key(self) -> SigningKey:
         key = self.current.signing
         if key is None:
             raise NoSigningKey(f"no active signing key in {self._store.directory}")
         return key
 
-    def reload(self):
+    def reload(self) -> bool:
         """Check the directory now; return whether a new key set was swapped in."""
         with self._lock:
             return self._reload()
 
-    def _poll(self):
+    def _poll(self) -> None:
         if self._lock.acquire(blocking=False):  # another thread is already checking: serve the current set
             try:
                 self._reload()
             finally:
                 self._lock.release()
 
-    def _reload(self):
+    def _reload(self) -> bool:
         self._next_check = self._clock() + self._interval
         fingerprint = self._store.fingerprint()
         if fingerprint in (self._fingerprint, self._rejected):

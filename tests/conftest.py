@@ -107,7 +107,7 @@ def keys_dir(tmp_path_factory):
 
 @pytest.fixture
 def keyring(keys_dir):
-    return Keyring.from_dir(keys_dir)
+    return Keyring.open(keys_dir)
 
 
 @pytest.fixture

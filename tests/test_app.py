@@ -8,7 +8,7 @@ import redis
 from api.app import create_app, get_app
 from api.config import Config, ConfigError
 from api.store import RedisStore
-from keys.keyring import NoSigningKey
+from keys.errors import NoSigningKey
 
 START = {"userId": "ann", "deviceId": "tv", "streamId": "film"}
 

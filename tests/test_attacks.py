@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, get_default_algorithms
 
 from keys.keyring import Keyring
-from keys.rotation import Lifecycle, Policy
+from keys.rotation import Lifecycle, RotationPolicy
 from keys.store import KeyStore
 
 START = {"userId": "mallory-target", "deviceId": "tv", "streamId": "film"}
@@ -382,7 +382,7 @@ class Rotated:
         self.now = time.time()
         self.store = KeyStore(str(tmp_path), clock=lambda: self.now)
         self.store.generate("ES256")
-        policy = Policy(
+        policy = RotationPolicy(
             jwks_max_age_s=0, reload_interval_s=0, token_lifetime_s=config.session_ttl_s, leeway_s=5
         )
         self.lifecycle = Lifecycle(self.store, policy, clock=lambda: self.now)

@@ -68,8 +68,10 @@ from test_store import (  # noqa: F401
 )
 
 from api.config import Config
+from api.connection import connect
 from api.errors import StoreUnavailable
-from api.store import Policy, RedisStore, connect
+from api.sessions import Limits
+from api.store import RedisStore
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -314,7 +316,7 @@ def test_each_call_is_one_evalsha_on_one_node(cluster, store, real_redis):
     user = "one-trip"
 
     def every_operation():
-        session = store.admit(user, "phone", "film", Policy(2), TTL_MS, TOMB_MS).session
+        session = store.admit(user, "phone", "film", Limits(2), TTL_MS, TOMB_MS).session
         store.refresh(session, TTL_MS)
         store.release(session, TOMB_MS)
         store.sessions(user)
@@ -334,12 +336,12 @@ def test_a_node_that_lost_its_scripts_loads_them_alone(cluster, store, real_redi
     flushed = cluster.ports[1]
     assert any(cluster.master_of(store.bucket_key(user)) == flushed for user in users)
     for user in users:
-        store.admit(user, "tv", "film", Policy(2), TTL_MS, TOMB_MS)
+        store.admit(user, "tv", "film", Limits(2), TTL_MS, TOMB_MS)
     cluster.nodes[flushed].script_flush()
     for node in cluster.nodes.values():
         node.config_resetstat()
     for user in users:
-        assert store.admit(user, "phone", "film", Policy(2), TTL_MS, TOMB_MS).status == "initiated"
+        assert store.admit(user, "phone", "film", Limits(2), TTL_MS, TOMB_MS).status == "initiated"
     calls = script_calls(cluster)
     assert calls[flushed]["eval"] == 1  # one: the scripts are back after it
     assert all("script|load" not in c for c in calls.values())
@@ -485,11 +487,11 @@ def test_a_hung_then_dead_master_fails_only_its_own_users(keys_dir, tmp_path):
             user = f"late-{i}"
             if doomed.master_of(listed.bucket_key(user)) == victim:
                 with pytest.raises(StoreUnavailable):
-                    listed.admit(user, "tv", "film", Policy(1), TTL_MS, TOMB_MS)
+                    listed.admit(user, "tv", "film", Limits(1), TTL_MS, TOMB_MS)
             else:
-                assert listed.admit(user, "tv", "film", Policy(1), TTL_MS, TOMB_MS).status == "initiated"
+                assert listed.admit(user, "tv", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
             with pytest.raises(StoreUnavailable):
-                only_dead.admit(user, "tv", "film", Policy(1), TTL_MS, TOMB_MS)
+                only_dead.admit(user, "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     finally:
         for client in clients:
             client.close()

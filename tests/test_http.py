@@ -598,8 +598,8 @@ def test_every_key_has_a_ttl(server, real_redis):
 @pytest.fixture(scope="module")
 def short_ttl_server(redis_server, keys_dir):
     """The real service with a one-second session TTL."""
-    # ServerProcess maps `session_ttl` to CONCURRENCY_SESSION_TTL, the variable the service reads.
-    process = ServerProcess(redis_server.url, keys_dir, session_ttl=1)
+    # ServerProcess maps `session_ttl_s` to CONCURRENCY_SESSION_TTL, the variable the service reads.
+    process = ServerProcess(redis_server.url, keys_dir, session_ttl_s=1)
     yield process
     process.stop()
 

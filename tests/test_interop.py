@@ -17,7 +17,8 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet as JoseKeySet
 
-from keys.store import ALGORITHMS, KeyStore
+from keys.records import ALGORITHMS
+from keys.store import KeyStore
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -47,7 +48,7 @@ def signed(request, redis_server, tmp_path_factory):
     alg = request.param
     directory = str(tmp_path_factory.mktemp(f"interop-{alg}"))
     kid = KeyStore(directory).generate(alg)
-    server = ServerProcess(redis_server.url, directory, workers=2, threads=2, session_ttl=TEST_TTL_S)
+    server = ServerProcess(redis_server.url, directory, workers=2, threads=2, session_ttl_s=TEST_TTL_S)
     try:
         body = {"userId": f"interop-{alg}", "deviceId": "tv", "streamId": "film"}
         started = server.request("POST", "/v1/sessions", body)

@@ -111,3 +111,22 @@ def test_installed_command(tmp_path):
     command = [sys.executable, "-m", "api.cli", "keys", "generate", "--dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
     assert len(done.stdout.strip()) == 43
+
+
+def key_starting_with_a_dash(keys):
+    """Generate next keys until one's kid starts with '-' (one in 64 does); return that kid."""
+    for _ in range(2000):
+        kid = keys("generate")[1].strip()
+        if kid.startswith("-"):
+            return kid
+    raise AssertionError("no kid started with '-' in 2000 keys")
+
+
+@pytest.mark.parametrize("command", ["retire", "revoke"])
+def test_kid_that_starts_with_a_dash_is_taken_as_typed(keys, command):
+    keys("generate")
+    kid = key_starting_with_a_dash(keys)
+    code, out, err = keys(command, kid, "--force") if command == "retire" else keys(command, kid)
+    assert code == 0, err
+    assert f"{kid} is {command}d" in out
+    assert {r["kid"]: r["state"] for r in records(keys.directory)}[kid] == f"{command}d"

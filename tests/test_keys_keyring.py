@@ -7,8 +7,10 @@ import os
 import pytest
 from conftest import make_client
 
+from keys.errors import KeyStoreError
 from keys.keyring import Keyring, KeySet
-from keys.store import KeyStore, KeyStoreError, generate_private_key, pem_of
+from keys.material import generate_private_key, pem_of
+from keys.store import KeyStore
 
 
 class Ticker:
@@ -39,9 +41,9 @@ def set_states(store, states):
     """Rewrite the manifest with the given state per kid."""
     records = store.records()
     for record in records:
-        state = states.get(record["kid"], record["state"])
-        record["state"] = state
-        record["times"].setdefault(state, record["created"])
+        state = states.get(record.kid, record.state)
+        record.state = state
+        record.times.setdefault(state, record.created)
     with store.locked():
         store.save(records)
 
@@ -166,14 +168,11 @@ def test_startup_with_a_broken_directory_names_the_file(store):
         Keyring(store)
 
 
-def test_from_dir_reads_interval_and_pem_from_the_environment(tmp_path):
+def test_open_takes_the_interval_and_a_pem_key(tmp_path):
     pem = pem_of(generate_private_key("EdDSA")).decode()
-    environ = {"CONCURRENCY_KEYS_RELOAD": "0.25", "CONCURRENCY_SIGNING_KEY_PEM": pem}
-    keyring = Keyring.from_dir(str(tmp_path), environ=environ)
+    keyring = Keyring.open(str(tmp_path), env_pem=pem, reload_interval_s=0.25)
     assert keyring.reload_interval_s == 0.25
     assert keyring.signing_key.alg == "EdDSA" and keyring.signing_key.source == "env"
-    with pytest.raises(KeyStoreError, match="CONCURRENCY_KEYS_RELOAD='soon' is not a number"):
-        Keyring.from_dir(str(tmp_path), environ={"CONCURRENCY_KEYS_RELOAD": "soon"})
 
 
 def test_jwks_over_http_is_cacheable_with_etag(client, keyring, config):

@@ -4,11 +4,12 @@ import os
 
 import pytest
 
+from keys.errors import KeyStoreError, RotationRefused
 from keys.keyring import KeySet
-from keys.rotation import ACTIVATION_MARGIN_S, Lifecycle, Policy, RotationRefused
-from keys.store import KeyStore, KeyStoreError
+from keys.rotation import ACTIVATION_MARGIN_S, Lifecycle, RotationPolicy, Step
+from keys.store import KeyStore
 
-POLICY = Policy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+POLICY = RotationPolicy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
 
 
 class Clock:
@@ -35,11 +36,11 @@ def lifecycle(store, clock):
 
 
 def states(store):
-    return {r["kid"]: r["state"] for r in store.records()}
+    return {r.kid: r.state for r in store.records()}
 
 
 def by_state(store, state):
-    return [r["kid"] for r in store.records() if r["state"] == state]
+    return [r.kid for r in store.records() if r.state == state]
 
 
 def audit(store):
@@ -47,13 +48,15 @@ def audit(store):
         return file.read()
 
 
-def test_rotate_without_next_key_makes_one_and_says_wait(store, lifecycle):
+def test_rotate_without_next_key_makes_one_and_says_wait(store, lifecycle, clock):
     active = store.generate("ES256")
     said = lifecycle.rotate()
     (made,) = by_state(store, "next")
     assert by_state(store, "active") == [active]
-    assert f"made next key {made}" in said[0]
-    assert "run `concurrency-service keys rotate` again after" in said[1]
+    assert said == [
+        Step("made-next", made, clock.now, "ES256"),
+        Step("wait-for-caches", made, clock.now + POLICY.jwks_max_age_s),
+    ]
 
 
 def test_rotate_refuses_a_next_key_younger_than_the_jwks_max_age(store, lifecycle, clock):
@@ -71,13 +74,14 @@ def test_rotate_moves_every_state_and_schedules_the_switch(store, lifecycle, clo
     nxt = store.generate("EdDSA")
     clock.now += 300
     said = lifecycle.rotate()
-    records = {r["kid"]: r for r in store.records()}
+    records = {r.kid: r for r in store.records()}
     (successor,) = by_state(store, "next")
-    assert (records[old]["state"], records[nxt]["state"]) == ("retiring", "active")
+    assert (records[old].state, records[nxt].state) == ("retiring", "active")
     switch = clock.now + POLICY.reload_interval_s + ACTIVATION_MARGIN_S
-    assert records[nxt]["times"]["active"] == switch == records[old]["times"]["retiring"]
-    assert records[successor]["alg"] == "EdDSA"
-    assert any(f"{nxt} signs from" in line for line in said)
+    assert records[nxt].times["active"] == switch == records[old].times["retiring"]
+    assert records[successor].alg == "EdDSA"
+    assert Step("signs-from", nxt, switch) in said
+    assert Step("retiring", old, switch + POLICY.retiring_s) in said
     keys = KeySet(store.load())
     assert keys.signing_at(clock.now).kid == old
     assert keys.signing_at(switch).kid == nxt
@@ -93,7 +97,7 @@ def test_rotate_force_activates_a_young_or_missing_next_key(store, lifecycle):
     (new,) = by_state(store, "active")
     assert by_state(store, "retiring") == [old]
     assert new != old and len(by_state(store, "next")) == 1
-    assert {r["alg"] for r in store.records()} == {"RS256"}
+    assert {r.alg for r in store.records()} == {"RS256"}
 
 
 def test_rotate_refuses_while_a_switch_is_pending(store, lifecycle):
@@ -141,7 +145,7 @@ def test_revoke_during_a_switch_makes_the_new_key_sign_now(store, lifecycle, clo
     lifecycle.rotate(force=True)
     (new,) = by_state(store, "active")
     said = lifecycle.revoke(old)
-    assert f"{new} signs from now" in said
+    assert said == [Step("signs-now", new, clock.now), Step("revoked", old, clock.now)]
     keys = KeySet(store.load())
     assert keys.signing_at(clock.now).kid == new
     assert old not in keys.verifying and old not in {k["kid"] for k in keys.jwks["keys"]}
@@ -168,15 +172,17 @@ def test_unknown_kid(lifecycle, store):
 def test_prune_waits_for_the_longest_token_lifetime_plus_leeway(store, lifecycle, clock):
     old = store.generate("ES256")
     lifecycle.rotate(force=True)
-    switch = next(r for r in store.records() if r["kid"] == old)["times"]["retiring"]
+    switch = next(r for r in store.records() if r.kid == old).times["retiring"]
     clock.now = switch + POLICY.token_lifetime_s + POLICY.leeway_s - 0.5
     said = lifecycle.prune()
-    assert states(store)[old] == "retiring" and "stays retiring until" in said[0]
+    assert states(store)[old] == "retiring" and said == [
+        Step("stays-retiring", old, switch + POLICY.retiring_s)
+    ]
     clock.now += 0.5
     said = lifecycle.prune()
-    assert states(store)[old] == "retired" and said == [f"{old} is retired (its last token expired)"]
+    assert states(store)[old] == "retired" and said == [Step("pruned", old, clock.now)]
     assert not os.path.exists(os.path.join(store.directory, f"{old}.pem"))
-    assert lifecycle.prune() == ["nothing to prune"]
+    assert lifecycle.prune() == []
 
 
 def test_prune_removes_stale_temporary_files(store, lifecycle, clock):

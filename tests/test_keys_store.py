@@ -9,7 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey
 
-from keys.store import MANIFEST, KeyStore, KeyStoreError, generate_private_key, pem_of, thumbprint
+from keys.errors import KeyStoreError
+from keys.material import generate_private_key, pem_of, thumbprint
+from keys.store import MANIFEST, KeyStore
 
 
 @pytest.fixture
@@ -187,15 +189,13 @@ def test_environment_key_hands_over_to_a_directory_key(tmp_path):
     env = pem(ec.generate_private_key(ec.SECP256R1()))
     store = KeyStore(str(tmp_path), env_pem=env)
     kid = store.generate("ES256")
-    assert (
-        next(r for r in store.records() if r["kid"] == kid)["state"] == "next"
-    )  # the env key signs meanwhile
+    assert next(r for r in store.records() if r.kid == kid).state == "next"  # the env key signs meanwhile
     records = store.records()
-    records[0].update(state="active", times={"active": 5.0})
+    records[0].state, records[0].times = "active", {"active": 5.0}
     with store.locked():
         store.save(records)
     env_key, dir_key = store.load()
-    assert (env_key.state, env_key.active_until) == ("retiring", 5.0)
+    assert (env_key.state, env_key.record.active_until) == ("retiring", 5.0)
     assert dir_key.state == "active"
 
 

@@ -19,12 +19,14 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from referencing.jsonschema import DRAFT202012
 
-from api import scripts
+from api import lua
 from api.app import OPENAPI_PATH, create_app
-from api.store import RedisStore, Session, connect
+from api.connection import connect
+from api.sessions import Session
+from api.store import RedisStore
+from api.tokens import SessionTokens
 from keys.keyring import Keyring
 from keys.store import KeyStore
-from keys.tokens import Tokens
 
 DOC_PATH = pathlib.Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 DOC = yaml.safe_load(DOC_PATH.read_text())
@@ -142,7 +144,11 @@ def check_against(response, fragment, answer):
     media = answer.headers.get("content-type", "").split(";")[0].strip()
     assert media in content, f"{answer.status} is {media!r}, documented as {sorted(content)}"
     schema_at = f"{fragment}/content/{escape(media)}/schema"
-    body = json.loads(answer.content) if media.endswith("json") else answer.text
+    body = answer.text
+    if media.endswith("json"):
+        body = json.loads(answer.content)
+    elif media.endswith("yaml"):
+        body = yaml.safe_load(answer.content)
     validate(body, schema_at)
 
 
@@ -238,7 +244,7 @@ class Api:
 
     def token(self, sid, now_s, keyring=None, user="ann"):
         """Sign a token for session `sid` as of `now_s`, with this app's or another keyring."""
-        tokens = Tokens(keyring or self.keyring, self.config.issuer, self.config.audience)
+        tokens = SessionTokens(keyring or self.keyring, self.config.issuer, self.config.audience)
         session = Session(user, sid, "tv", "film")
         return tokens.sign(session, now_s, self.config.session_ttl_s, {"lim": self.config.max_streams})
 
@@ -364,7 +370,7 @@ def legacy_start_beyond_the_limit(api):
 
 @provokes("post", "/concurrency", 403)
 def legacy_start_beyond_the_limit_of_the_user_tokens_plan(api):
-    client = api.with_user_tokens(plan_limits="basic=1,premium=4")
+    client = api.with_user_tokens(plan_limits={"basic": 1, "premium": 4})
     headers = api.bearer(api.user_token(plan="basic"))
     legacy_start(api, client, headers, deviceId="a")
     answer = legacy_start(api, client, headers, deviceId="b")
@@ -698,7 +704,7 @@ def heartbeat_with_an_expired_token(api):
 def heartbeat_with_a_token_from_a_foreign_key(api):
     KeyStore(str(api.tmp_path)).generate("ES256")
     sid, _ = api.start()
-    forged = api.token(sid, int(time.time()), keyring=Keyring.from_dir(str(api.tmp_path)))
+    forged = api.token(sid, int(time.time()), keyring=Keyring.open(str(api.tmp_path)))
     return api.client.simulate_put(f"/v1/sessions/{sid}", headers=api.bearer(forged))
 
 
@@ -1103,8 +1109,8 @@ def test_every_documented_status_has_a_scenario():
 
 def test_every_gone_reason_is_documented_and_provoked():
     """The reasons the Lua scripts can answer are the documented ones, and a scenario shows each."""
-    given = set(re.findall(r"'gone', now, '(\w+)'", scripts.REFRESH))
-    given |= set(re.findall(r"bury\([^,]+, '(\w+)'", scripts.ADMIT + scripts.RELEASE + scripts.KICK))
+    given = set(re.findall(r"'gone', now, '(\w+)'", lua.REFRESH))
+    given |= set(re.findall(r"bury\([^,]+, '(\w+)'", lua.ADMIT + lua.RELEASE + lua.KICK))
     documented = DOC["components"]["schemas"]["SessionGoneError"]["properties"]["reason"]["enum"]
     assert given == set(documented)
     assert set(GONE_SCENARIOS) == set(documented)
@@ -1290,7 +1296,7 @@ def test_jwks_of_every_algorithm_matches_the_document(config, fake_redis, tmp_pa
     store = KeyStore(str(tmp_path))
     for alg in ("ES256", "EdDSA", "RS256"):
         store.generate(alg)
-    keyring = Keyring.from_dir(str(tmp_path))
+    keyring = Keyring.open(str(tmp_path))
     client = falcon.testing.TestClient(create_app(config, RedisStore(fake_redis, config.buckets), keyring))
     answer = client.simulate_get("/.well-known/jwks.json")
     assert sorted(k["alg"] for k in answer.json["keys"]) == ["ES256", "EdDSA", "RS256"]

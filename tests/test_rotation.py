@@ -16,6 +16,7 @@ import time
 import pytest
 from conftest import ServerProcess, request, wait_until
 
+from api.config import Config
 from keys.store import KeyStore
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
@@ -37,7 +38,7 @@ def exp_of(token):
 
 def keys_cli(directory, *args, **env):
     """Run `concurrency-service keys ARGS --dir DIR` as a separate process; return its stdout."""
-    environ = {**os.environ, **{f"CONCURRENCY_{k.upper()}": str(v) for k, v in env.items()}}
+    environ = {**os.environ, **{Config.env_name(k): str(v) for k, v in env.items()}}
     command = [sys.executable, "-m", "api.cli", "keys", *args, "--dir", directory]
     done = subprocess.run(command, env=environ, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -101,9 +102,9 @@ def rotation_server(redis_server, tmp_path):
         directory,
         workers=2,
         threads=4,
-        session_ttl=TTL_S,
-        token_leeway=LEEWAY_S,
-        keys_reload=RELOAD_S,
+        session_ttl_s=TTL_S,
+        token_leeway_s=LEEWAY_S,
+        keys_reload_s=RELOAD_S,
     )
     yield server, directory
     server.stop()
@@ -111,7 +112,7 @@ def rotation_server(redis_server, tmp_path):
 
 def test_rotation_under_traffic_loses_nothing(rotation_server):
     server, directory = rotation_server
-    env = {"session_ttl": TTL_S, "token_leeway": LEEWAY_S, "keys_reload": RELOAD_S}
+    env = {"session_ttl_s": TTL_S, "token_leeway_s": LEEWAY_S, "keys_reload_s": RELOAD_S}
     players = [Player(server.port, f"rotation-{i}-{time.monotonic_ns()}") for i in range(4)]
     watcher = JwksWatcher(server.port)
     for thread in (*players, watcher):
@@ -120,7 +121,7 @@ def test_rotation_under_traffic_loses_nothing(rotation_server):
         time.sleep(0.5)
         old = kid_of(players[0].token)
         said = keys_cli(directory, "rotate", "--force", **env)
-        new = next(r["kid"] for r in KeyStore(directory).records() if r["state"] == "active")
+        new = next(r.kid for r in KeyStore(directory).records() if r.state == "active")
         assert f"{new} signs from" in said
         wait_until(
             lambda: all(kid_of(p.token) == new for p in players), timeout_s=5, what="tokens with the new kid"
@@ -131,7 +132,7 @@ def test_rotation_under_traffic_loses_nothing(rotation_server):
             last_old = [t for _, t in player.tokens if kid_of(t) == old][-1]
             assert player.heartbeat(last_old).status == 200
 
-        prunable = next(r for r in KeyStore(directory).records() if r["kid"] == old)["times"]["retiring"]
+        prunable = next(r for r in KeyStore(directory).records() if r.kid == old).times["retiring"]
         time.sleep(max(0, prunable + TTL_S + LEEWAY_S - time.time()) + 0.1)
         said = keys_cli(directory, "prune", **env)
         assert f"{old} is retired" in said

@@ -8,8 +8,9 @@ import pytest
 import redis
 
 from api.errors import StoreUnavailable
-from api.scripting import FastScript, Pipeline
-from api.store import Policy, RedisStore
+from api.pipeline import FastScript, Pipeline
+from api.sessions import Limits
+from api.store import RedisStore
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -104,11 +105,11 @@ def test_after_a_timeout_calls_fail_at_once_for_a_moment(redis_server):
 def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis):
     client = redis.Redis(port=redis_server.port, socket_timeout=0.25)
     store = RedisStore(client, buckets=8, timeout_s=0.25)
-    store.admit("warm", "tv", "film", Policy(3), 60_000, 65_000)  # learns the server clock
+    store.admit("warm", "tv", "film", Limits(3), 60_000, 65_000)  # learns the server clock
     redis_server.signal(signal.SIGSTOP)
     try:
         with pytest.raises(StoreUnavailable):
-            store.admit("ann", "tv", "film", Policy(3), 60_000, 65_000)
+            store.admit("ann", "tv", "film", Limits(3), 60_000, 65_000)
         time.sleep(0.3)  # past the deadline while Redis still sleeps on the request
     finally:
         redis_server.signal(signal.SIGCONT)

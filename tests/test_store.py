@@ -5,7 +5,8 @@ import time
 import pytest
 
 from api.errors import LimitReached, SessionGone, StoreUnavailable
-from api.store import Policy, RedisStore, Session, escape, unescape
+from api.sessions import Limits, Session
+from api.store import RedisStore, escape, unescape
 
 TTL_MS = 60_000
 TOMB_MS = 65_000
@@ -29,43 +30,43 @@ def sessions_of(client, store, user):
 
 
 def test_admit_until_the_limit(store, any_redis):
-    sids = {store.admit("ann", f"dev{i}", "film", Policy(3), TTL_MS, TOMB_MS).session.sid for i in range(3)}
+    sids = {store.admit("ann", f"dev{i}", "film", Limits(3), TTL_MS, TOMB_MS).session.sid for i in range(3)}
     with pytest.raises(LimitReached) as refused:
-        store.admit("ann", "dev9", "film", Policy(3), TTL_MS, TOMB_MS)
-    holders = refused.value.details["sessions"]
-    assert {h["sessionKey"] for h in holders} == sids
-    assert {h["deviceId"] for h in holders} == {"dev0", "dev1", "dev2"}
-    assert all(isinstance(h["started"], int) for h in holders)
+        store.admit("ann", "dev9", "film", Limits(3), TTL_MS, TOMB_MS)
+    holders = refused.value.holders
+    assert {h.sid for h in holders} == sids
+    assert {h.device for h in holders} == {"dev0", "dev1", "dev2"}
+    assert all(isinstance(h.started_ms, int) for h in holders)
     assert set(sessions_of(any_redis, store, "ann")) == sids
 
 
 def test_same_device_and_stream_renews_the_same_session(store):
-    first = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS)
-    again = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS)
+    first = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
+    again = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert (first.status, again.status) == ("initiated", "updated")
     assert again.session.sid == first.session.sid
 
 
 def test_users_in_one_bucket_do_not_share_a_limit(any_redis):
     store = RedisStore(any_redis, buckets=1)
-    store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS)
-    assert store.admit("bob", "tv", "film", Policy(1), TTL_MS, TOMB_MS).status == "initiated"
+    store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
+    assert store.admit("bob", "tv", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
     with pytest.raises(LimitReached):
-        store.admit("ann", "phone", "film", Policy(1), TTL_MS, TOMB_MS)
+        store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)
 
 
 def test_release_frees_the_slot_and_refresh_never_revives(store, any_redis):
-    session = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     assert store.release(session, TOMB_MS) is True
     assert store.release(session, TOMB_MS) is False
     with pytest.raises(SessionGone):
         store.refresh(session, TTL_MS)
     assert sessions_of(any_redis, store, "ann") == {}
-    assert store.admit("ann", "phone", "film", Policy(1), TTL_MS, TOMB_MS).status == "initiated"
+    assert store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
 
 
 def test_refresh_needs_the_owner(store):
-    session = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     with pytest.raises(SessionGone):
         store.refresh(Session("bob", session.sid, "tv", "film"), TTL_MS)
     assert store.release(Session("bob", session.sid, "tv", "film"), TOMB_MS) is False
@@ -77,12 +78,12 @@ def test_refresh_needs_the_owner(store):
 )
 def test_ids_of_any_content(store, any_redis, user):
     device, stream = f"dev|{user}", f"%7C{user}"
-    session = store.admit(user, device, stream, Policy(1), TTL_MS, TOMB_MS).session
+    session = store.admit(user, device, stream, Limits(1), TTL_MS, TOMB_MS).session
     assert sessions_of(any_redis, store, user) == {session.sid: (device, stream)}
     with pytest.raises(LimitReached) as refused:
-        store.admit(user, "other", stream, Policy(1), TTL_MS, TOMB_MS)
-    assert refused.value.details["sessions"][0]["deviceId"] == device
-    assert refused.value.details["sessions"][0]["streamId"] == stream
+        store.admit(user, "other", stream, Limits(1), TTL_MS, TOMB_MS)
+    assert refused.value.holders[0].device == device
+    assert refused.value.holders[0].stream == stream
     key = store.bucket_key(user)
     assert key.count("{") == 1 and key.count("}") == 1 and user not in key
 
@@ -95,7 +96,7 @@ def test_escape_round_trips():
 
 def test_every_key_has_a_ttl(store, any_redis):
     for i in range(20):
-        session = store.admit(f"user{i}", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+        session = store.admit(f"user{i}", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
         store.refresh(session, TTL_MS)
         if i % 3 == 0:
             store.release(session, TOMB_MS)
@@ -110,7 +111,7 @@ def test_unreachable_redis_is_store_unavailable():
     client = redis.Redis(port=1, socket_connect_timeout=0.1, socket_timeout=0.1)
     store = RedisStore(client, buckets=64)
     with pytest.raises(StoreUnavailable):
-        store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS)
+        store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert store.ping() is False
 
 
@@ -123,7 +124,7 @@ def real_store(real_redis):
 
 
 def test_sessions_expire_by_server_time(real_store, real_redis):
-    session = real_store.admit("ann", "tv", "film", Policy(1), 1000, TOMB_MS).session
+    session = real_store.admit("ann", "tv", "film", Limits(1), 1000, TOMB_MS).session
     time.sleep(0.6)
     real_store.refresh(session, 1000)
     time.sleep(0.6)
@@ -132,15 +133,15 @@ def test_sessions_expire_by_server_time(real_store, real_redis):
     with pytest.raises(SessionGone):
         real_store.refresh(session, 1000)
     assert sessions_of(real_redis, real_store, "ann") == {}
-    assert real_store.admit("ann", "phone", "film", Policy(1), 1000, TOMB_MS).status == "initiated"
+    assert real_store.admit("ann", "phone", "film", Limits(1), 1000, TOMB_MS).status == "initiated"
 
 
 def test_expired_sessions_are_pruned_on_start(real_store, real_redis):
-    real_store.admit("ann", "tv", "film", Policy(5), 300, TOMB_MS)
-    real_store.admit("bob", "tv", "film", Policy(5), 60_000, TOMB_MS)
+    real_store.admit("ann", "tv", "film", Limits(5), 300, TOMB_MS)
+    real_store.admit("bob", "tv", "film", Limits(5), 60_000, TOMB_MS)
     time.sleep(0.4)
     real_store.admit(
-        "bob", "phone", "film", Policy(5), 60_000, TOMB_MS
+        "bob", "phone", "film", Limits(5), 60_000, TOMB_MS
     )  # same bucket scan prunes ann's expired one
     if real_store.bucket_key("ann") == real_store.bucket_key("bob"):
         assert sessions_of(real_redis, real_store, "ann") == {}
@@ -148,7 +149,7 @@ def test_expired_sessions_are_pruned_on_start(real_store, real_redis):
 
 
 def test_bucket_expires_with_its_sessions(real_store, real_redis):
-    real_store.admit("ann", "tv", "film", Policy(1), 500, TOMB_MS)
+    real_store.admit("ann", "tv", "film", Limits(1), 500, TOMB_MS)
     key = real_store.bucket_key("ann")
     assert 0 < real_redis.pttl(key) <= 500
     time.sleep(0.7)
@@ -157,7 +158,7 @@ def test_bucket_expires_with_its_sessions(real_store, real_redis):
 
 def test_times_come_from_the_redis_server(real_store, real_redis):
     seconds, micros = real_redis.time()
-    admission = real_store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS)
+    admission = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert abs(admission.now_ms - (seconds * 1000 + micros // 1000)) < 1000
     value = real_redis.hget(real_store.bucket_key("ann"), admission.session.sid).decode()
     expires, started = (int(part, 36) for part in value.split("|")[:2])
@@ -165,18 +166,18 @@ def test_times_come_from_the_redis_server(real_store, real_redis):
 
 
 def test_scripts_survive_a_script_flush(real_store, real_redis):
-    real_store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS)
+    real_store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS)
     real_redis.script_flush()
-    assert real_store.admit("ann", "phone", "film", Policy(2), TTL_MS, TOMB_MS).status == "initiated"
+    assert real_store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS).status == "initiated"
 
 
 def test_one_round_trip_per_operation(real_store, real_redis):
-    warm = real_store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+    warm = real_store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     real_store.refresh(warm, TTL_MS)
     real_store.release(warm, TOMB_MS)  # the first call of each script loads it into Redis
-    session = real_store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+    session = real_store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     real_redis.config_resetstat()
-    real_store.admit("ann", "phone", "film", Policy(2), TTL_MS, TOMB_MS)
+    real_store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS)
     real_store.refresh(session, TTL_MS)
     real_store.release(session, TOMB_MS)
     stats = real_redis.info("commandstats")
@@ -200,13 +201,13 @@ def gone_reason(store, session):
 
 
 def test_stop_leaves_a_tombstone_that_says_stopped(store):
-    session = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     store.release(session, TOMB_MS)
     assert gone_reason(store, session) == "stopped"
 
 
 def test_evict_oldest_admits_and_ends_the_least_recently_started(store, any_redis):
-    policy = Policy(2, evict_oldest=True)
+    policy = Limits(2, evict_oldest=True)
     first = store.admit("ann", "d1", "film", policy, TTL_MS, TOMB_MS).session
     time.sleep(0.005)  # distinct start times
     second = store.admit("ann", "d2", "film", policy, TTL_MS, TOMB_MS).session
@@ -219,25 +220,25 @@ def test_evict_oldest_admits_and_ends_the_least_recently_started(store, any_redi
 
 
 def test_stream_limit(store):
-    policy = Policy(5, stream_limit=1)
+    policy = Limits(5, stream_limit=1)
     store.admit("ann", "tv", "match", policy, TTL_MS, TOMB_MS)
     with pytest.raises(LimitReached) as refused:
         store.admit("ann", "phone", "match", policy, TTL_MS, TOMB_MS)
-    assert refused.value.details["scope"] == "stream"
-    assert [s["deviceId"] for s in refused.value.details["sessions"]] == ["tv"]
+    assert refused.value.scope == "stream"
+    assert [s.device for s in refused.value.holders] == ["tv"]
     assert store.admit("ann", "phone", "other", policy, TTL_MS, TOMB_MS).status == "initiated"
 
 
 def test_stream_limit_with_eviction(store):
-    policy = Policy(5, stream_limit=1, evict_oldest=True)
+    policy = Limits(5, stream_limit=1, evict_oldest=True)
     first = store.admit("ann", "tv", "match", policy, TTL_MS, TOMB_MS).session
     second = store.admit("ann", "phone", "match", policy, TTL_MS, TOMB_MS)
     assert second.evicted == (first.sid,)
 
 
 def test_kick_one_and_all(store, any_redis):
-    sessions = [store.admit("ann", f"d{i}", "film", Policy(3), TTL_MS, TOMB_MS).session for i in range(3)]
-    other = store.admit("bob", "tv", "film", Policy(3), TTL_MS, TOMB_MS).session
+    sessions = [store.admit("ann", f"d{i}", "film", Limits(3), TTL_MS, TOMB_MS).session for i in range(3)]
+    other = store.admit("bob", "tv", "film", Limits(3), TTL_MS, TOMB_MS).session
     assert store.kick("ann", sessions[0].sid, TOMB_MS) == [sessions[0].sid]
     assert store.kick("ann", "no-such-sid", TOMB_MS) == []
     assert store.kick("ann", other.sid, TOMB_MS) == []  # bob's session is not ann's to kick
@@ -246,11 +247,11 @@ def test_kick_one_and_all(store, any_redis):
     assert sessions_of(any_redis, store, "ann") == {}
     assert gone_reason(store, sessions[2]) == "kicked"
     store.refresh(other, TTL_MS)
-    assert store.admit("ann", "new", "film", Policy(1), TTL_MS, TOMB_MS).status == "initiated"
+    assert store.admit("ann", "new", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
 
 
 def test_list_sessions(store):
-    made = [store.admit("ann", f"d{i}", f"s{i}", Policy(3), TTL_MS, TOMB_MS).session for i in range(2)]
+    made = [store.admit("ann", f"d{i}", f"s{i}", Limits(3), TTL_MS, TOMB_MS).session for i in range(2)]
     now_ms, listed = store.sessions("ann")
     assert [(s.sid, s.device, s.stream) for s in listed] == [(m.sid, m.device, m.stream) for m in made]
     assert all(s.started_ms <= now_ms < s.expires_ms <= now_ms + TTL_MS for s in listed)
@@ -258,7 +259,7 @@ def test_list_sessions(store):
 
 
 def test_lost_session_resumes_while_its_token_is_valid(store, any_redis):
-    session = store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     any_redis.flushall()  # a failover lost the entry
     status, _ = store.refresh(session, TTL_MS, far_future_ms(any_redis), 2)
     assert status == "resumed"
@@ -267,9 +268,9 @@ def test_lost_session_resumes_while_its_token_is_valid(store, any_redis):
 
 
 def test_lost_session_does_not_resume_over_the_limit_or_with_an_expired_token(store, any_redis):
-    session = store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     any_redis.flushall()
-    store.admit("ann", "phone", "film", Policy(1), TTL_MS, TOMB_MS)  # someone took the slot meanwhile
+    store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)  # someone took the slot meanwhile
     with pytest.raises(SessionGone) as gone:
         store.refresh(session, TTL_MS, far_future_ms(any_redis), 1)
     assert gone.value.details["reason"] == "limit"
@@ -279,7 +280,7 @@ def test_lost_session_does_not_resume_over_the_limit_or_with_an_expired_token(st
 
 
 def test_ended_sessions_never_resume(store, any_redis):
-    session = store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     store.release(session, TOMB_MS)
     with pytest.raises(SessionGone):
         store.refresh(session, TTL_MS, far_future_ms(any_redis), 2)
@@ -287,7 +288,7 @@ def test_ended_sessions_never_resume(store, any_redis):
 
 
 def test_stop_of_a_lost_session_still_blocks_resumption(store, any_redis):
-    session = store.admit("ann", "tv", "film", Policy(2), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     any_redis.flushall()
     assert store.release(session, TOMB_MS) is False
     with pytest.raises(SessionGone):
@@ -295,19 +296,19 @@ def test_stop_of_a_lost_session_still_blocks_resumption(store, any_redis):
 
 
 def test_tombstones_expire(real_store, real_redis):
-    session = real_store.admit("ann", "tv", "film", Policy(1), TTL_MS, TOMB_MS).session
+    session = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     real_store.release(session, 300)
     key = real_store.bucket_key("ann")
     assert real_redis.hget(key, session.sid).startswith(b"~")
     time.sleep(0.4)
-    real_store.admit("ann", "phone", "film", Policy(1), TTL_MS, TOMB_MS)  # the scan prunes the tombstone
+    real_store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)  # the scan prunes the tombstone
     assert real_redis.hget(key, session.sid) is None
 
 
 def test_lost_session_does_not_resume_over_the_stream_limit(store, any_redis):
-    session = store.admit("ann", "tv", "match", Policy(5, stream_limit=1), TTL_MS, TOMB_MS).session
+    session = store.admit("ann", "tv", "match", Limits(5, stream_limit=1), TTL_MS, TOMB_MS).session
     any_redis.flushall()
-    store.admit("ann", "phone", "match", Policy(5, stream_limit=1), TTL_MS, TOMB_MS)
+    store.admit("ann", "phone", "match", Limits(5, stream_limit=1), TTL_MS, TOMB_MS)
     with pytest.raises(SessionGone) as gone:
         store.refresh(session, TTL_MS, far_future_ms(any_redis), 5, stream_limit=1)
     assert gone.value.details["reason"] == "limit"

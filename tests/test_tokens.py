@@ -8,12 +8,16 @@ import jwt
 import pytest
 
 from api.errors import InvalidToken
-from api.store import Session
+from api.sessions import Session
+from api.tokens import SessionTokens
+from keys.errors import InvalidJws
+from keys.jws import TOKEN_TYPE
 from keys.keyring import Keyring
-from keys.rotation import Lifecycle, Policy
-from keys.store import ALGORITHMS, KeyStore
-from keys.tokens import TOKEN_TYPE, Tokens
+from keys.records import ALGORITHMS
+from keys.rotation import Lifecycle, RotationPolicy
+from keys.store import KeyStore
 
+REJECTED = (InvalidToken, InvalidJws)  # claim problems, JWS problems
 SESSION = Session("ann", "sid-1", "tv", "film")
 ISSUER, AUDIENCE = "concurrency-service", "playback"
 
@@ -43,8 +47,8 @@ def decode_segment(text):
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_sign_then_verify(key_dirs, alg):
-    keyring = Keyring.from_dir(key_dirs[alg])
-    tokens = Tokens(keyring, ISSUER, AUDIENCE)
+    keyring = Keyring.open(key_dirs[alg])
+    tokens = SessionTokens(keyring, ISSUER, AUDIENCE)
     now = int(time.time())
     token = tokens.sign(SESSION, now, 60)
     header = decode_segment(token.split(".")[0])
@@ -60,14 +64,14 @@ def test_sign_then_verify(key_dirs, alg):
 
 
 def test_every_token_has_its_own_jti(key_dirs):
-    tokens = Tokens(Keyring.from_dir(key_dirs["ES256"]), ISSUER, AUDIENCE)
+    tokens = SessionTokens(Keyring.open(key_dirs["ES256"]), ISSUER, AUDIENCE)
     now = int(time.time())
     jtis = {tokens.verify(tokens.sign(SESSION, now, 60))["jti"] for _ in range(50)}
     assert len(jtis) == 50
 
 
 def test_ids_of_any_content_round_trip(key_dirs):
-    tokens = Tokens(Keyring.from_dir(key_dirs["EdDSA"]), ISSUER, AUDIENCE)
+    tokens = SessionTokens(Keyring.open(key_dirs["EdDSA"]), ISSUER, AUDIENCE)
     odd = Session('ü{x}|"\\\n', "s", "d\u0000", "🎬")
     claims = tokens.verify(tokens.sign(odd, int(time.time()), 60))
     assert (claims["sub"], claims["device"], claims["stream"]) == (odd.user, odd.device, odd.stream)
@@ -75,30 +79,30 @@ def test_ids_of_any_content_round_trip(key_dirs):
 
 def test_expiry_and_leeway(key_dirs):
     clock = Clock()
-    tokens = Tokens(Keyring.from_dir(key_dirs["ES256"]), ISSUER, AUDIENCE, leeway_s=5, clock=clock)
+    tokens = SessionTokens(Keyring.open(key_dirs["ES256"]), ISSUER, AUDIENCE, leeway_s=5, clock=clock)
     token = tokens.sign(SESSION, int(clock.now), 10)
     clock.now += 14
     assert tokens.verify(token)
     clock.now += 2
-    with pytest.raises(InvalidToken, match="expired"):
+    with pytest.raises(REJECTED, match="expired"):
         tokens.verify(token)
 
 
 def test_issued_in_the_future(key_dirs):
     clock = Clock()
-    tokens = Tokens(Keyring.from_dir(key_dirs["ES256"]), ISSUER, AUDIENCE, leeway_s=5, clock=clock)
-    with pytest.raises(InvalidToken, match="future"):
+    tokens = SessionTokens(Keyring.open(key_dirs["ES256"]), ISSUER, AUDIENCE, leeway_s=5, clock=clock)
+    with pytest.raises(REJECTED, match="future"):
         tokens.verify(tokens.sign(SESSION, int(clock.now) + 30, 60))
 
 
 def test_other_issuer_or_audience_is_refused(key_dirs):
-    keyring = Keyring.from_dir(key_dirs["ES256"])
-    token = Tokens(keyring, "other-issuer", AUDIENCE).sign(SESSION, int(time.time()), 60)
-    with pytest.raises(InvalidToken, match="issuer"):
-        Tokens(keyring, ISSUER, AUDIENCE).verify(token)
-    token = Tokens(keyring, ISSUER, "cdn").sign(SESSION, int(time.time()), 60)
-    with pytest.raises(InvalidToken, match="audience"):
-        Tokens(keyring, ISSUER, AUDIENCE).verify(token)
+    keyring = Keyring.open(key_dirs["ES256"])
+    token = SessionTokens(keyring, "other-issuer", AUDIENCE).sign(SESSION, int(time.time()), 60)
+    with pytest.raises(REJECTED, match="issuer"):
+        SessionTokens(keyring, ISSUER, AUDIENCE).verify(token)
+    token = SessionTokens(keyring, ISSUER, "cdn").sign(SESSION, int(time.time()), 60)
+    with pytest.raises(REJECTED, match="audience"):
+        SessionTokens(keyring, ISSUER, AUDIENCE).verify(token)
 
 
 def test_rotation_switches_signing_at_the_scheduled_time(tmp_path):
@@ -106,10 +110,10 @@ def test_rotation_switches_signing_at_the_scheduled_time(tmp_path):
     store = KeyStore(str(tmp_path), clock=clock)
     first = store.generate("ES256")
     keyring = Keyring(store, reload_interval_s=0)
-    tokens = Tokens(keyring, ISSUER, AUDIENCE, clock=clock)
-    policy = Policy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+    tokens = SessionTokens(keyring, ISSUER, AUDIENCE, clock=clock)
+    policy = RotationPolicy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
     Lifecycle(store, policy, clock=clock).rotate(force=True)
-    second = next(r["kid"] for r in store.records() if r["state"] == "active")
+    second = next(r.kid for r in store.records() if r.state == "active")
     now = int(clock.now)
 
     def kid_at(t):
@@ -139,12 +143,12 @@ def test_verify_reads_no_disk_for_an_unknown_kid(tmp_path):
     store = CountingStore(str(tmp_path))
     store.generate("ES256")
     keyring = Keyring(store, reload_interval_s=60)
-    tokens = Tokens(keyring, ISSUER, AUDIENCE)
+    tokens = SessionTokens(keyring, ISSUER, AUDIENCE)
     header, payload, signature = tokens.sign(SESSION, int(time.time()), 60).split(".")
     CountingStore.calls = 0
     for i in range(1000):
         forged = dict(decode_segment(header), kid=f"unknown-{i}")
         token = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
-        with pytest.raises(InvalidToken, match="unknown key"):
+        with pytest.raises(REJECTED, match="unknown key"):
             tokens.verify(f"{token}.{payload}.{signature}")
     assert CountingStore.calls == 0

@@ -12,30 +12,34 @@ import _thread
 import hashlib
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
+import redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 PAUSE_AFTER_TIMEOUT_S = 0.5
 
 
-def _paused_error():
+def _paused_error() -> ConnectionError:
     return ConnectionError("redis timed out less than a moment ago; not trying again yet")
 
 
 class _Call:
     __slots__ = ("packed", "reply", "error", "leads", "_ready")
 
-    def __init__(self, packed):
+    def __init__(self, packed: list[bytes]) -> None:
         self.packed = packed
-        self.reply = self.error = None
+        self.reply: Any = None
+        self.error: Exception | None = None
         self.leads = False
         self._ready = _thread.allocate_lock()
         self._ready.acquire()
 
-    def wait(self):
+    def wait(self) -> None:
         self._ready.acquire()
 
-    def wake(self):
+    def wake(self) -> None:
         self._ready.release()
 
 
@@ -47,16 +51,16 @@ class Pipeline:
     once for `pause_s`: while Redis hangs, requests would otherwise queue far past the timeout. (A
     refused connection fails at once anyway.)"""
 
-    def __init__(self, client, pause_s=PAUSE_AFTER_TIMEOUT_S):
+    def __init__(self, client: redis.Redis, pause_s: float = PAUSE_AFTER_TIMEOUT_S) -> None:
         self.client = client
         self._connection = client.connection_pool.make_connection()
         self._pause_s = pause_s
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._waiting = []
+        self._waiting: list[_Call] = []
         self._busy = False
 
-    def execute(self, *args):
+    def execute(self, *args: object) -> Any:
         """Send one command and return its reply; raise its error."""
         if self._paused():
             raise _paused_error()
@@ -85,10 +89,10 @@ class Pipeline:
             raise call.error
         return call.reply
 
-    def _paused(self):
+    def _paused(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _round_trip(self, batch, retry=True):
+    def _round_trip(self, batch: list[_Call], retry: bool = True) -> None:
         """Send `batch`, give each call its reply or error, wake the threads waiting on them."""
         if self._paused():  # Redis timed out while these calls waited
             return self._finish(batch, 0, _paused_error())
@@ -113,7 +117,7 @@ class Pipeline:
         return self._finish(batch, done, None)
 
     @staticmethod
-    def _finish(batch, done, error):
+    def _finish(batch: list[_Call], done: int, error: Exception | None) -> None:
         for call in batch[done:]:
             call.error = error
         for call in batch:
@@ -124,12 +128,12 @@ class Pipeline:
 class FastScript:
     """A Lua script called as `script(keys=[...], args=[...])`, like redis-py's `Script`."""
 
-    def __init__(self, pipeline, source):
+    def __init__(self, pipeline: Pipeline, source: str) -> None:
         self._pipeline = pipeline
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    def __call__(self, keys, args):
+    def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
             return self._pipeline.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:

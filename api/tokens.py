@@ -1,0 +1,143 @@
+"""Session tokens: the claims the service signs and the rules a token must meet to be accepted.
+
+The JWS itself (header, serialization, signature) is keys/jws.py; this module decides what a session
+token says and checks every claim (RFC 8725): issuer, audience, types, expiry with a small leeway.
+"""
+
+import collections
+import hashlib
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from keys import jws
+from keys.errors import NoSigningKey
+from keys.keyring import Keyring
+
+from .errors import InvalidToken, TokenExpired
+from .sessions import Session
+
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti", "device", "stream")
+STRING_CLAIMS = ("sub", "sid", "jti", "device", "stream")
+MAX_TOKEN_CHARS = 4096
+ISSUED_CACHE_SIZE = 32768
+
+Claims = dict[str, Any]
+
+
+class IssuedTokens:
+    """The tokens this process signed and has not seen back yet, by keyed digest; the oldest go first.
+
+    A player's next heartbeat brings back the token its last one got, and a token byte-for-byte equal to one
+    we signed needs no signature check (its claims are still checked). Misses take the full path."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[bytes, tuple[str, Claims]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._key = secrets.token_bytes(16)
+
+    def add(self, token: str, kid: str, claims: Claims) -> None:
+        if not self._size:
+            return
+        digest = self._digest(token)
+        with self._lock:
+            if len(self._items) >= self._size:
+                self._items.popitem(last=False)
+            self._items[digest] = (kid, claims)
+
+    def take(self, token: str) -> tuple[str, Claims] | None:
+        """Return (kid, claims) of a token we signed, forgetting it; None for any other token."""
+        if not self._size:
+            return None
+        digest = self._digest(token)
+        with self._lock:
+            return self._items.pop(digest, None)
+
+    def _digest(self, token: str) -> bytes:
+        return hashlib.blake2b(token.encode(), digest_size=16, key=self._key).digest()
+
+
+class SessionTokens:
+    """Sign session tokens with the active key; accept only valid ones signed by a key of ours."""
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        issuer: str,
+        audience: str,
+        leeway_s: int = 5,
+        clock: Callable[[], float] = time.time,
+        issued_cache_size: int = ISSUED_CACHE_SIZE,
+    ) -> None:
+        self._keyring = keyring
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway_s = leeway_s
+        self._clock = clock
+        self._issued = IssuedTokens(issued_cache_size)
+
+    def sign(self, session: Session, now_s: int, ttl_s: int, extra: Claims | None = None) -> str:
+        """Return a token for `session` (user, sid, device, stream), valid `ttl_s` from `now_s`.
+
+        `extra` claims (the session's limit `lim`, `degraded`) are added after the standard ones."""
+        key = self._keyring.current.signing_at(now_s)
+        if key is None:
+            raise NoSigningKey("no key is active")
+        claims = {
+            "iss": self._issuer,
+            "aud": self._audience,
+            "sub": session.user,
+            "sid": session.sid,
+            "device": session.device,
+            "stream": session.stream,
+            "iat": now_s,
+            "exp": now_s + ttl_s,
+            "jti": secrets.token_urlsafe(12),
+            **(extra or {}),
+        }
+        token = jws.sign(key, claims)
+        self._issued.add(token, key.kid, claims)
+        return token
+
+    def verify(self, token: str) -> Claims:
+        """Return the claims of a valid token; raise InvalidToken or InvalidJws naming what is wrong."""
+        if not isinstance(token, str) or not token:
+            raise InvalidToken("token is missing")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidToken("token is too long")
+        verifying = self._keyring.current.verifying
+        issued = self._issued.take(token)
+        if issued and issued[0] in verifying:  # not revoked since
+            return self._checked(issued[1])
+        return self._checked(jws.verify(token, verifying))
+
+    def _checked(self, claims: Claims) -> Claims:
+        for name in REQUIRED_CLAIMS:
+            if name not in claims:
+                raise InvalidToken(f"token claim {name!r} is missing")
+        if claims["iss"] != self._issuer:
+            raise InvalidToken("token has the wrong issuer")
+        if claims["aud"] != self._audience:
+            raise InvalidToken("token has the wrong audience")
+        for name in STRING_CLAIMS:
+            if not isinstance(claims[name], str):
+                raise InvalidToken(f"token claim {name!r} must be a string")
+        now = self._clock()
+        if _seconds(claims, "exp") <= now - self._leeway_s:
+            raise TokenExpired("token has expired")
+        if _seconds(claims, "iat") > now + self._leeway_s:
+            raise InvalidToken("token is issued in the future")
+        if "nbf" in claims and _seconds(claims, "nbf") > now + self._leeway_s:
+            raise InvalidToken("token is not valid yet")
+        return claims
+
+
+def _seconds(claims: Claims, name: str) -> float:
+    value = claims[name]
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise InvalidToken(f"token claim {name!r} must be a number of seconds")
+    return float(value)
