@@ -13,11 +13,11 @@ import threading
 import time
 
 import pytest
-from conftest import request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from jwt.algorithms import ECAlgorithm, get_default_algorithms
+from processes import request
 
 from keys.keyring import Keyring
 from keys.rotation import Lifecycle, RotationPolicy
@@ -394,9 +394,7 @@ class Rotated:
 
 
 @pytest.fixture
-def rotated(tmp_path, config, fake_redis):
-    from conftest import make_client
-
+def rotated(tmp_path, config, fake_redis, make_client):
     return Rotated(tmp_path, config, fake_redis, make_client)
 
 

@@ -15,15 +15,14 @@ import types
 
 import pytest
 import redis
-from conftest import RedisServer, ServerProcess, wait_until
-from test_plans import (
+from layout import live_sessions
+from players import (
     admitted,
     assert_error,
     assert_gone,
     bearer,
     counted,
     heartbeat,
-    live_sessions,
     log_entries,
     metric_values,
     new_user,
@@ -32,6 +31,7 @@ from test_plans import (
     stop,
     unverified_claims,
 )
+from processes import RedisServer, ServerProcess, wait_until
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 

@@ -5,11 +5,22 @@ import json
 import re
 import socket
 import time
-import uuid
 
 import jwt
 import pytest
-from conftest import TEST_TTL_S, RedisServer, ServerProcess, free_port, wait_until
+from layout import redis_state, stored_sessions
+from players import (
+    assert_error,
+    bearer,
+    jwks,
+    legacy_heartbeat,
+    legacy_start,
+    legacy_started,
+    legacy_stop,
+    new_user,
+    session_claims,
+)
+from processes import TEST_TTL_S, RedisServer, ServerProcess, free_port, wait_until
 
 from api.config import Config
 
@@ -21,111 +32,18 @@ BUCKET_KEY = re.compile(r"^cs:\{[0-9a-f]+\}$")
 JSON = {"Content-Type": "application/json"}
 
 
-def new_user(prefix="user"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def start(server, user, device, stream="stream-1", path="/concurrency"):
-    return server.request("POST", path, {"userId": user, "deviceId": device, "streamId": stream})
-
-
-def started(server, user, device, stream="stream-1"):
-    """Start a session that must be admitted; return its (sessionKey, token)."""
-    answer = start(server, user, device, stream)
-    assert answer.status == 200, answer.body
-    body = answer.json()
-    return body["sessionKey"], body["token"]
-
-
-def heartbeat(server, sid, token):
-    return server.request("PUT", "/concurrency", {"sessionKey": sid, "token": token})
-
-
-def stop(server, sid, token):
-    return server.request("DELETE", "/concurrency", {"sessionKey": sid, "token": token})
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def unescape(value):
-    return value.replace("%7C", "|").replace("%25", "%")
-
-
-def redis_now_ms(client):
-    seconds, micros = client.time()
-    return seconds * 1000 + micros // 1000
-
-
-def stored_sessions(client, live_only=True):
-    """Return {sid: (user, device, stream, expires_ms)} from every bucket, as the scripts store them.
-
-    A value starting with `~` is the tombstone of an ended session, not a session: it is skipped.
-    With `live_only=False`, sessions past their expiry that are still stored are returned too."""
-    now_ms = redis_now_ms(client)
-    sessions = {}
-    for key in client.scan_iter(match="cs:*"):
-        for sid, value in client.hgetall(key).items():
-            if value.startswith(b"~"):
-                continue
-            expires, _started, user, device, stream = value.decode().split("|")
-            expires_ms = int(expires, 36)
-            if live_only and expires_ms <= now_ms:
-                continue
-            sessions[sid.decode()] = (unescape(user), unescape(device), unescape(stream), expires_ms)
-    return sessions
-
-
-def redis_state(client):
-    """Return every key with its type and content: equal before and after means nothing was written."""
-    state = {}
-    for key in client.scan_iter():
-        kind = client.type(key).decode()
-        content = client.hgetall(key) if kind == "hash" else client.dump(key)
-        state[key] = (kind, content)
-    return state
-
-
-def assert_error(answer, status, code=None):
-    assert answer.status == status, answer.body
-    assert answer.headers["content-type"].startswith("application/json")
-    body = answer.json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    if code is not None:
-        assert body["error"] == code
-    return body
-
-
-def jwks(server):
-    answer = server.request("GET", "/.well-known/jwks.json")
-    assert answer.status == 200
-    return answer.json()
-
-
 def decode(server, token):
     """Verify a token with the published JWKS alone, as a CDN would; return (header, claims)."""
-    header = jwt.get_unverified_header(token)
-    key_set = jwt.PyJWKSet.from_dict(jwks(server))
-    key = next(k for k in key_set.keys if k.key_id == header["kid"])
-    claims = jwt.decode(
-        token,
-        key,
-        algorithms=["ES256"],
-        audience=DEFAULTS.audience,
-        issuer=DEFAULTS.issuer,
-        options={"require": ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]},
-    )
-    return header, claims
+    return jwt.get_unverified_header(token), session_claims(server, token)
 
 
 # --- seed-compatible /concurrency -----------------------------------------------------------------
 
 
+@pytest.mark.backends
 def test_start_admits_and_returns_a_verifiable_token(server, real_redis):
     user = new_user()
-    answer = start(server, user, "laptop", "seahawks")
+    answer = legacy_start(server, user, "laptop", "seahawks")
     assert answer.status == 200
     assert answer.headers["content-type"].startswith("application/json")
     body = answer.json()
@@ -147,34 +65,36 @@ def test_start_admits_and_returns_a_verifiable_token(server, real_redis):
     assert abs(claims["iat"] - real_redis.time()[0]) <= 2
     assert isinstance(claims["jti"], str) and claims["jti"]
 
-    stored = stored_sessions(real_redis)
+    stored = stored_sessions(real_redis, live_only=True)
     assert list(stored) == [body["sessionKey"]]
     assert stored[body["sessionKey"]][:3] == (user, "laptop", "seahawks")
 
 
+@pytest.mark.backends
 def test_same_user_device_stream_again_is_idempotent(server, real_redis):
     user = new_user()
-    first = start(server, user, "tv", "match").json()
-    again = start(server, user, "tv", "match")
+    first = legacy_start(server, user, "tv", "match").json()
+    again = legacy_start(server, user, "tv", "match")
     assert again.status == 200
     body = again.json()
     assert body["status"] == "updated"
     assert body["sessionKey"] == first["sessionKey"]
     assert body["token"] != first["token"]
     assert decode(server, body["token"])[1]["jti"] != decode(server, first["token"])[1]["jti"]
-    assert list(stored_sessions(real_redis)) == [first["sessionKey"]]
+    assert list(stored_sessions(real_redis, live_only=True)) == [first["sessionKey"]]
 
-    other_stream = start(server, user, "tv", "other-match").json()
+    other_stream = legacy_start(server, user, "tv", "other-match").json()
     assert other_stream["status"] == "initiated"
     assert other_stream["sessionKey"] != first["sessionKey"]
 
 
+@pytest.mark.backends
 def test_limit_answers_403_listing_the_holders(server, real_redis):
     user = new_user()
-    holders = {started(server, user, f"device-{i}", f"stream-{i}")[0]: i for i in range(MAX_STREAMS)}
+    holders = {legacy_started(server, user, f"device-{i}", f"stream-{i}")[0]: i for i in range(MAX_STREAMS)}
     before = redis_state(real_redis)
 
-    answer = start(server, user, "one-too-many", "stream-x")
+    answer = legacy_start(server, user, "one-too-many", "stream-x")
     body = assert_error(answer, 403, "limit_reached")
     now_s = real_redis.time()[0]
     assert len(body["sessions"]) == MAX_STREAMS
@@ -185,17 +105,18 @@ def test_limit_answers_403_listing_the_holders(server, real_redis):
     assert listed == {sid: (f"device-{i}", f"stream-{i}") for sid, i in holders.items()}
     assert redis_state(real_redis) == before
 
-    other_user = start(server, new_user(), "one-too-many", "stream-x")
+    other_user = legacy_start(server, new_user(), "one-too-many", "stream-x")
     assert other_user.status == 200
 
 
+@pytest.mark.backends
 def test_heartbeat_returns_a_fresh_token_and_extends_the_session(server, real_redis):
     user = new_user()
-    sid, token = started(server, user, "phone")
-    expires_before = stored_sessions(real_redis)[sid][3]
+    sid, token = legacy_started(server, user, "phone")
+    expires_before = stored_sessions(real_redis, live_only=True)[sid][3]
     time.sleep(0.05)
 
-    answer = heartbeat(server, sid, token)
+    answer = legacy_heartbeat(server, sid, token)
     assert answer.status == 200
     body = answer.json()
     assert body == {"sessionKey": sid, "token": body["token"], "status": "updated"}
@@ -207,49 +128,52 @@ def test_heartbeat_returns_a_fresh_token_and_extends_the_session(server, real_re
     assert claims["jti"] != old_claims["jti"]
     assert claims["iat"] >= old_claims["iat"]
     assert claims["exp"] - claims["iat"] == TEST_TTL_S
-    assert stored_sessions(real_redis)[sid][3] > expires_before
+    assert stored_sessions(real_redis, live_only=True)[sid][3] > expires_before
 
-    assert heartbeat(server, sid, body["token"]).status == 200
-    assert heartbeat(server, sid, token).status == 200  # the first token is valid until it expires
+    assert legacy_heartbeat(server, sid, body["token"]).status == 200
+    assert legacy_heartbeat(server, sid, token).status == 200  # the first token is valid until it expires
 
 
+@pytest.mark.backends
 def test_stop_frees_the_slot_at_once_and_the_session_never_comes_back(server, real_redis):
     user = new_user()
-    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
-    assert start(server, user, "waiting").status == 403
+    sessions = [legacy_started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    assert legacy_start(server, user, "waiting").status == 403
     sid, token = sessions[0]
 
-    answer = stop(server, sid, token)
+    answer = legacy_stop(server, sid, token)
     assert answer.status == 204
     assert answer.body == b""
-    assert sid not in stored_sessions(real_redis, live_only=False)
+    assert sid not in stored_sessions(real_redis)
 
-    admitted = start(server, user, "waiting")
+    admitted = legacy_start(server, user, "waiting")
     assert admitted.status == 200
     assert admitted.json()["status"] == "initiated"
 
-    assert_error(heartbeat(server, sid, token), 410, "session_gone")
-    assert_error(heartbeat(server, sid, token), 410, "session_gone")
-    assert sid not in stored_sessions(real_redis, live_only=False)
-    assert stop(server, sid, token).status in (204, 410)
-    assert sid not in stored_sessions(real_redis, live_only=False)
+    assert_error(legacy_heartbeat(server, sid, token), 410, "session_gone")
+    assert_error(legacy_heartbeat(server, sid, token), 410, "session_gone")
+    assert sid not in stored_sessions(real_redis)
+    assert legacy_stop(server, sid, token).status in (204, 410)
+    assert sid not in stored_sessions(real_redis)
 
 
+@pytest.mark.backends
 def test_stop_requires_the_token(server, real_redis):
-    sid, _token = started(server, new_user(), "tv")
+    sid, _token = legacy_started(server, new_user(), "tv")
     before = redis_state(real_redis)
     body = assert_error(server.request("DELETE", "/concurrency", {"sessionKey": sid}), 400)
     assert body.get("field") == "token"
-    assert_error(stop(server, sid, "not-a-token"), 401, "invalid_token")
+    assert_error(legacy_stop(server, sid, "not-a-token"), 401, "invalid_token")
     assert redis_state(real_redis) == before
 
 
 # --- native /v1/sessions --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
 def test_native_start_heartbeat_stop(server, real_redis):
     user = new_user()
-    created = start(server, user, "console", "film", path="/v1/sessions")
+    created = legacy_start(server, user, "console", "film", path="/v1/sessions")
     assert created.status == 201
     body = created.json()
     sid = body["sessionId"]
@@ -257,7 +181,7 @@ def test_native_start_heartbeat_stop(server, real_redis):
     assert created.headers["location"].endswith(f"/v1/sessions/{sid}")
     assert decode(server, body["token"])[1]["sid"] == sid
 
-    renewed = start(server, user, "console", "film", path="/v1/sessions")
+    renewed = legacy_start(server, user, "console", "film", path="/v1/sessions")
     assert renewed.status == 200
     assert renewed.json()["status"] == "updated"
     assert renewed.json()["sessionId"] == sid
@@ -270,16 +194,17 @@ def test_native_start_heartbeat_stop(server, real_redis):
 
     gone = server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(fresh))
     assert gone.status == 204
-    assert sid not in stored_sessions(real_redis, live_only=False)
+    assert sid not in stored_sessions(real_redis)
     assert_error(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(fresh)), 410, "session_gone")
 
 
+@pytest.mark.backends
 def test_legacy_and_native_routes_share_sessions(server, real_redis):
-    sid, token = started(server, new_user(), "tablet")
+    sid, token = legacy_started(server, new_user(), "tablet")
     beat = server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token))
     assert beat.status == 200
-    assert stop(server, sid, beat.json()["token"]).status == 204
-    assert sid not in stored_sessions(real_redis)
+    assert legacy_stop(server, sid, beat.json()["token"]).status == 204
+    assert sid not in stored_sessions(real_redis, live_only=True)
 
 
 @pytest.mark.parametrize(
@@ -297,7 +222,7 @@ def test_legacy_and_native_routes_share_sessions(server, real_redis):
 )
 @pytest.mark.parametrize("method", ["PUT", "DELETE"])
 def test_native_routes_reject_missing_or_odd_authorization(server, real_redis, method, authorization):
-    sid, _token = started(server, new_user(), "tv")
+    sid, _token = legacy_started(server, new_user(), "tv")
     before = redis_state(real_redis)
     headers = {} if authorization is None else {"Authorization": authorization}
     answer = server.request(method, f"/v1/sessions/{sid}", headers=headers)
@@ -306,11 +231,12 @@ def test_native_routes_reject_missing_or_odd_authorization(server, real_redis, m
     assert redis_state(real_redis) == before
 
 
+@pytest.mark.backends
 def test_token_of_one_session_cannot_touch_another(server, real_redis):
     user = new_user()
-    sid_a, token_a = started(server, user, "device-a")
-    sid_b, _token_b = started(server, user, "device-b")
-    sid_c, _token_c = started(server, new_user(), "device-c")
+    sid_a, token_a = legacy_started(server, user, "device-a")
+    sid_b, _token_b = legacy_started(server, user, "device-b")
+    sid_c, _token_c = legacy_started(server, new_user(), "device-c")
     before = redis_state(real_redis)
 
     for victim in (sid_b, sid_c):
@@ -318,15 +244,15 @@ def test_token_of_one_session_cannot_touch_another(server, real_redis):
             answer = server.request(method, f"/v1/sessions/{victim}", headers=bearer(token_a))
             assert_error(answer, 401, "invalid_token")
             assert "www-authenticate" in answer.headers
-        assert_error(heartbeat(server, victim, token_a), 401, "invalid_token")
-        assert_error(stop(server, victim, token_a), 401, "invalid_token")
+        assert_error(legacy_heartbeat(server, victim, token_a), 401, "invalid_token")
+        assert_error(legacy_stop(server, victim, token_a), 401, "invalid_token")
 
     assert redis_state(real_redis) == before
-    assert {sid_a, sid_b, sid_c} <= set(stored_sessions(real_redis))
+    assert {sid_a, sid_b, sid_c} <= set(stored_sessions(real_redis, live_only=True))
 
 
 def test_tampered_tokens_are_401_and_the_session_untouched(server, real_redis):
-    sid, token = started(server, new_user(), "tv")
+    sid, token = legacy_started(server, new_user(), "tv")
     header, payload, signature = token.split(".")
     claims = decode(server, token)[1]
     forged_claims = {**claims, "sub": "someone-else"}
@@ -339,7 +265,7 @@ def test_tampered_tokens_are_401_and_the_session_untouched(server, real_redis):
         token[:-10],
         f"{header}.{payload}",
     ):
-        assert_error(heartbeat(server, sid, bad), 401, "invalid_token")
+        assert_error(legacy_heartbeat(server, sid, bad), 401, "invalid_token")
         assert_error(server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(bad)), 401)
     assert redis_state(real_redis) == before
 
@@ -390,7 +316,7 @@ BAD_STARTS = [
     ids=[case[0] for case in BAD_STARTS],
 )
 def test_bad_start_is_4xx_json_and_writes_nothing(server, real_redis, path, raw, status, field):
-    started(server, new_user(), "existing")
+    legacy_started(server, new_user(), "existing")
     before = redis_state(real_redis)
     answer = server.request("POST", path, raw, JSON)
     body = assert_error(answer, status)
@@ -398,7 +324,9 @@ def test_bad_start_is_4xx_json_and_writes_nothing(server, real_redis, path, raw,
         assert body.get("field") == field
         assert field in body["message"]
     assert redis_state(real_redis) == before
-    assert not any(user == VALID_START["userId"] for user, *_ in stored_sessions(real_redis).values())
+    assert not any(
+        user == VALID_START["userId"] for user, *_ in stored_sessions(real_redis, live_only=True).values()
+    )
 
 
 def post_chunked(server, path, chunks):
@@ -420,7 +348,7 @@ def test_chunked_start_is_read(server, real_redis):
     status, body = post_chunked(server, "/concurrency", chunks)
     assert status == 200, body
     assert body["status"] == "initiated"
-    assert body["sessionKey"] in stored_sessions(real_redis)
+    assert body["sessionKey"] in stored_sessions(real_redis, live_only=True)
 
 
 def test_chunked_body_over_the_limit_is_413(server, real_redis):
@@ -434,7 +362,7 @@ def test_chunked_body_over_the_limit_is_413(server, real_redis):
 
 def test_ids_at_the_length_limit_are_accepted(server, real_redis):
     limit = DEFAULTS.max_id_chars
-    answer = start(server, "u" * limit, "é" * limit, "s" * limit)
+    answer = legacy_start(server, "u" * limit, "é" * limit, "s" * limit)
     assert answer.status == 200, answer.body
     assert decode(server, answer.json()["token"])[1]["device"] == "é" * limit
 
@@ -454,7 +382,7 @@ def test_ids_at_the_length_limit_are_accepted(server, real_redis):
 )
 @pytest.mark.parametrize("method", ["PUT", "DELETE"])
 def test_bad_heartbeat_or_stop_body_is_400_naming_the_field(server, real_redis, method, body, field):
-    started(server, new_user(), "existing")
+    legacy_started(server, new_user(), "existing")
     before = redis_state(real_redis)
     answer = server.request(method, "/concurrency", body)
     error = assert_error(answer, 400)
@@ -465,7 +393,7 @@ def test_bad_heartbeat_or_stop_body_is_400_naming_the_field(server, real_redis, 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE"])
 def test_overlong_session_id_in_the_path_is_400(server, real_redis, method):
-    _sid, token = started(server, new_user(), "tv")
+    _sid, token = legacy_started(server, new_user(), "tv")
     before = redis_state(real_redis)
     assert_error(server.request(method, "/v1/sessions/" + "x" * 257, headers=bearer(token)), 400)
     assert redis_state(real_redis) == before
@@ -498,6 +426,7 @@ def test_wrong_method_is_405_with_allow(server, method, path, allowed):
     assert method not in allow
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("path", ["/health", "/healthz", "/readyz"])
 def test_health_and_readiness(server, path):
     answer = server.request("GET", path)
@@ -538,51 +467,54 @@ ODD_IDS = [
 ]
 
 
+@pytest.mark.backends
 def test_ids_of_any_content_work_and_come_back_intact(server, real_redis):
     tokens = {}
     for device, stream in ODD_IDS:
-        answer = start(server, ODD_USER, device, stream)
+        answer = legacy_start(server, ODD_USER, device, stream)
         assert answer.status == 200, answer.body
         body = answer.json()
         claims = decode(server, body["token"])[1]
         assert (claims["sub"], claims["device"], claims["stream"]) == (ODD_USER, device, stream)
         tokens[body["sessionKey"]] = body["token"]
 
-    refused = assert_error(start(server, ODD_USER, "dev|4", "stream|4"), 403, "limit_reached")
+    refused = assert_error(legacy_start(server, ODD_USER, "dev|4", "stream|4"), 403, "limit_reached")
     assert {(s["deviceId"], s["streamId"]) for s in refused["sessions"]} == set(ODD_IDS)
 
     for sid, token in tokens.items():
-        assert heartbeat(server, sid, token).status == 200
-    stored = stored_sessions(real_redis)
+        assert legacy_heartbeat(server, sid, token).status == 200
+    stored = stored_sessions(real_redis, live_only=True)
     assert {(u, d, s) for u, d, s, _ in stored.values()} == {(ODD_USER, d, s) for d, s in ODD_IDS}
     assert all(BUCKET_KEY.match(key.decode()) for key in real_redis.scan_iter())
 
-    renewed = start(server, ODD_USER, *ODD_IDS[0]).json()
+    renewed = legacy_start(server, ODD_USER, *ODD_IDS[0]).json()
     assert renewed["status"] == "updated"
 
 
+@pytest.mark.backends
 def test_escaped_ids_do_not_collide(server, real_redis):
     """`a|b` and `a%7Cb` are different users; device `x|y` + stream `z` differs from `x` + `y|z`."""
     for user in ("a|b", "a%7Cb", "a%257Cb"):
         for i in range(MAX_STREAMS):
-            assert start(server, user, f"d{i}").status == 200, user
+            assert legacy_start(server, user, f"d{i}").status == 200, user
     user = new_user()
-    first = start(server, user, "x|y", "z").json()
-    second = start(server, user, "x", "y|z").json()
+    first = legacy_start(server, user, "x|y", "z").json()
+    second = legacy_start(server, user, "x", "y|z").json()
     assert first["status"] == second["status"] == "initiated"
     assert first["sessionKey"] != second["sessionKey"]
 
 
+@pytest.mark.backends
 def test_every_key_has_a_ttl(server, real_redis):
     user = new_user()
-    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
-    start(server, user, "refused")
-    heartbeat(server, *sessions[0])
-    stop(server, *sessions[1])
-    started(server, user, "device-1")
+    sessions = [legacy_started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    legacy_start(server, user, "refused")
+    legacy_heartbeat(server, *sessions[0])
+    legacy_stop(server, *sessions[1])
+    legacy_started(server, user, "device-1")
     for n in range(20):
-        started(server, new_user(), f"d{n}", "{s}|%")
-    started(server, ODD_USER, "odd")
+        legacy_started(server, new_user(), f"d{n}", "{s}|%")
+    legacy_started(server, ODD_USER, "odd")
 
     keys = real_redis.keys()
     assert keys
@@ -608,7 +540,7 @@ def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis)
     server = short_ttl_server
     user = new_user()
     t0 = time.monotonic()
-    sessions = [started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
+    sessions = [legacy_started(server, user, f"device-{i}") for i in range(MAX_STREAMS)]
     last_started = time.monotonic()  # on a loaded machine the starts may take a while
     claims = decode(server, sessions[0][1])[1]
     assert claims["exp"] - claims["iat"] == 1, "the server did not take the one-second TTL"
@@ -616,25 +548,25 @@ def test_expired_session_is_410_and_frees_its_slot(short_ttl_server, real_redis)
     keeper_sid, keeper_token = sessions[0]
 
     time.sleep(max(0.0, t0 + 0.8 - time.monotonic()))
-    beat = heartbeat(server, keeper_sid, keeper_token)
+    beat = legacy_heartbeat(server, keeper_sid, keeper_token)
     assert beat.status == 200
     keeper_token = beat.json()["token"]
 
     time.sleep(max(0.0, last_started + 1.1 - time.monotonic()))
     for sid, token in sessions[1:]:
-        assert_error(heartbeat(server, sid, token), 410, "session_gone")
-        assert_error(heartbeat(server, sid, token), 410, "session_gone")
-        assert sid not in stored_sessions(real_redis, live_only=False)
-    assert heartbeat(server, keeper_sid, keeper_token).status == 200
+        assert_error(legacy_heartbeat(server, sid, token), 410, "session_gone")
+        assert_error(legacy_heartbeat(server, sid, token), 410, "session_gone")
+        assert sid not in stored_sessions(real_redis)
+    assert legacy_heartbeat(server, keeper_sid, keeper_token).status == 200
 
-    assert start(server, user, "new-device").status == 200
-    again = start(server, user, "device-1").json()
+    assert legacy_start(server, user, "new-device").status == 200
+    again = legacy_start(server, user, "device-1").json()
     assert again["status"] == "initiated"
     assert again["sessionKey"] != sessions[1][0]
 
     time.sleep(1.4)
-    assert_error(heartbeat(server, keeper_sid, keeper_token), 410, "session_gone")
-    assert stored_sessions(real_redis, live_only=False) == {}
+    assert_error(legacy_heartbeat(server, keeper_sid, keeper_token), 410, "session_gone")
+    assert stored_sessions(real_redis) == {}
 
 
 # --- Redis unavailable ----------------------------------------------------------------------------
@@ -654,27 +586,27 @@ def test_service_without_redis_starts_answers_503_and_recovers(keys_dir, tmp_pat
         not_ready = server.request("GET", "/readyz")
         assert not_ready.status == 503
         assert not_ready.json()["checks"]["redis"] is False
-        assert_store_unavailable(start(server, new_user(), "tv"))
+        assert_store_unavailable(legacy_start(server, new_user(), "tv"))
 
         own = RedisServer(tmp_path, port=port)
         wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready once redis is up")
         user = new_user()
-        sid, token = started(server, user, "tv")
-        assert heartbeat(server, sid, token).status == 200
+        sid, token = legacy_started(server, user, "tv")
+        assert legacy_heartbeat(server, sid, token).status == 200
 
         own.stop()
         assert server.request("GET", "/readyz").status == 503
-        assert_store_unavailable(start(server, user, "phone"))
-        assert_store_unavailable(heartbeat(server, sid, token))
-        assert_store_unavailable(stop(server, sid, token))
+        assert_store_unavailable(legacy_start(server, user, "phone"))
+        assert_store_unavailable(legacy_heartbeat(server, sid, token))
+        assert_store_unavailable(legacy_stop(server, sid, token))
         assert_store_unavailable(server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token)))
         assert server.request("GET", "/healthz").status == 200
 
         own = RedisServer(tmp_path, port=port)
         wait_until(lambda: server.request("GET", "/readyz").status == 200, what="ready again")
-        assert stop(server, sid, token).status in (204, 410)  # the new redis never held it
-        again = started(server, user, "tv")
-        assert heartbeat(server, *again).status == 200
+        assert legacy_stop(server, sid, token).status in (204, 410)  # the new redis never held it
+        again = legacy_started(server, user, "tv")
+        assert legacy_heartbeat(server, *again).status == 200
         assert "Traceback" not in server.output()
     finally:
         server.stop()

@@ -12,10 +12,10 @@ import urllib.request
 
 import jwt
 import pytest
-from conftest import TEST_TTL_S, ServerProcess
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet as JoseKeySet
+from processes import TEST_TTL_S, ServerProcess
 
 from keys.records import ALGORITHMS
 from keys.store import KeyStore

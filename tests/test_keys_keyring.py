@@ -5,7 +5,6 @@ import logging
 import os
 
 import pytest
-from conftest import make_client
 
 from keys.errors import KeyStoreError
 from keys.keyring import Keyring, KeySet
@@ -144,7 +143,7 @@ def test_recovers_when_the_directory_is_fixed(store):
     assert other in [k["kid"] for k in keyring.current.jwks["keys"]]
 
 
-def test_app_answers_while_the_directory_is_broken(store, config, fake_redis):
+def test_app_answers_while_the_directory_is_broken(store, config, fake_redis, make_client):
     store.generate("ES256")
     keyring = Keyring(store, reload_interval_s=0)
     client = make_client(config, fake_redis, keyring)

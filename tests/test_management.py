@@ -8,9 +8,8 @@ import secrets
 import time
 
 import pytest
-from conftest import ServerProcess, wait_until
-from test_plans import (
-    IdentityProvider,
+from layout import live_sessions, redis_state, stored
+from players import (
     admitted,
     assert_error,
     assert_gone,
@@ -18,15 +17,13 @@ from test_plans import (
     bearer,
     counted,
     heartbeat,
-    live_sessions,
     log_entries,
     metric_values,
     new_user,
-    redis_state,
     start,
     stop,
-    stored,
 )
+from processes import ServerProcess, wait_until
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -35,13 +32,6 @@ LIMIT = 2
 TTL_S = 60
 GENERATED_REQUEST_ID = re.compile(r"^[0-9a-f]{16}$")
 SESSION_FIELDS = {"sessionId", "deviceId", "streamId", "started", "lastHeartbeat", "expires"}
-
-
-@pytest.fixture(scope="module")
-def idp():
-    provider = IdentityProvider()
-    yield provider
-    provider.close()
 
 
 @pytest.fixture(scope="module")

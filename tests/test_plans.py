@@ -4,23 +4,31 @@ The identity provider is local: the test makes its key pairs and serves their JW
 service reads it either from that URL or from a file. The helpers here (identity provider, stored
 sessions, metrics, JSON logs) are shared with test_management.py and test_faults.py."""
 
-import base64
-import collections
 import hashlib
 import hmac
-import http.server
 import json
 import secrets
-import threading
 import time
 import uuid
 
 import jwt
 import pytest
-from conftest import ServerProcess
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
-from prometheus_client.parser import text_string_to_metric_families
+from idp import b64url, unsigned_token
+from layout import live_sessions, redis_state
+from players import (
+    admitted,
+    assert_error,
+    assert_gone,
+    assert_unauthorized,
+    counted,
+    heartbeat,
+    metric_values,
+    new_user,
+    session_claims,
+    start,
+)
+from processes import ServerProcess
 
 from api.config import Config
 
@@ -33,249 +41,7 @@ PLAN_AT_LIMIT = "premium=evict-oldest"
 JWKS_PATH = "/.well-known/jwks.json"
 
 
-# --- a local identity provider --------------------------------------------------------------------
-
-
-class IdentityProvider:
-    """Key pairs, their JWKS served on a loopback port, and user access tokens signed with them."""
-
-    issuer = "https://idp.example.test/"
-    audience = "concurrency-service"
-
-    def __init__(self):
-        self._private = {}  # kid -> (private key, algorithm)
-        self._lock = threading.Lock()
-        self._fetches = 0
-        self.add_key("idp-rsa", "RS256")
-        self.add_key("idp-ec", "ES256")
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-        self._httpd.daemon_threads = True
-        self._httpd.idp = self
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}{JWKS_PATH}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
-
-    def add_key(self, kid, algorithm):
-        """Make a key pair and publish its public half."""
-        if algorithm == "RS256":
-            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        else:
-            key = ec.generate_private_key(ec.SECP256R1())
-        with self._lock:
-            self._private[kid] = (key, algorithm)
-
-    def jwks(self):
-        keys = []
-        with self._lock:
-            for kid, (key, algorithm) in self._private.items():
-                exporter = RSAAlgorithm if algorithm == "RS256" else ECAlgorithm
-                jwk = exporter.to_jwk(key.public_key(), as_dict=True)
-                keys.append({**jwk, "kid": kid, "alg": algorithm, "use": "sig"})
-        return {"keys": keys}
-
-    def write_jwks(self, path):
-        path.write_text(json.dumps(self.jwks()))
-        return str(path)
-
-    @property
-    def fetches(self):
-        """How often the JWKS has been fetched."""
-        with self._lock:
-            return self._fetches
-
-    def count_fetch(self):
-        with self._lock:
-            self._fetches += 1
-
-    def token(self, subject, kid="idp-rsa", signing_key=None, headers=None, **claims):
-        """Return an access token for `subject`; a claim given as None is left out."""
-        now = int(time.time())
-        payload = {"iss": self.issuer, "aud": self.audience, "sub": subject, "iat": now, "exp": now + 300}
-        payload.update(claims)
-        payload = {name: value for name, value in payload.items() if value is not None}
-        key, algorithm = self._private.get(kid, self._private["idp-rsa"])
-        return jwt.encode(
-            payload, signing_key or key, algorithm=algorithm, headers={"kid": kid, **(headers or {})}
-        )
-
-    def public_pem(self, kid="idp-rsa"):
-        from cryptography.hazmat.primitives import serialization
-
-        key = self._private[kid][0].public_key()
-        return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    def close(self):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-
-class _JwksHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        idp = self.server.idp
-        if self.path != JWKS_PATH:
-            self.send_error(404)
-            return
-        idp.count_fetch()
-        body = json.dumps(idp.jwks()).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/jwk-set+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # noqa: A002 - the signature http.server calls
-        pass
-
-
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unsigned_token(header, payload, signature=b""):
-    """Return a compact JWS with the given parts, signed with nothing or with `signature`."""
-    head = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
-    return head + "." + b64url(signature)
-
-
-# --- shared helpers -------------------------------------------------------------------------------
-
-
-def new_user(prefix="user"):
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def start(
-    server, token=None, device="tv", stream="stream-1", user=None, path="/v1/sessions", headers=None, **extra
-):
-    """Start a session; `token` is the user access token (user-token mode), `user` the body's userId."""
-    body = {"deviceId": device, "streamId": stream, **extra}
-    if user is not None:
-        body["userId"] = user
-    return server.request("POST", path, body, {**(bearer(token) if token else {}), **(headers or {})})
-
-
-def admitted(answer):
-    """Return (sessionId, token) of a start that must have been admitted."""
-    assert answer.status in (200, 201), answer.body
-    body = answer.json()
-    return body["sessionId"], body["token"]
-
-
-def heartbeat(server, sid, token):
-    return server.request("PUT", f"/v1/sessions/{sid}", headers=bearer(token))
-
-
-def stop(server, sid, token):
-    return server.request("DELETE", f"/v1/sessions/{sid}", headers=bearer(token))
-
-
-def assert_error(answer, status, code=None):
-    assert answer.status == status, (answer.status, answer.body)
-    assert answer.headers["content-type"].startswith("application/json")
-    body = answer.json()
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    if code is not None:
-        assert body["error"] == code, body
-    return body
-
-
-def assert_gone(answer, reason):
-    body = assert_error(answer, 410, "session_gone")
-    assert body["reason"] == reason, body
-
-
-def assert_unauthorized(answer):
-    assert_error(answer, 401, "invalid_token")
-    assert answer.headers["www-authenticate"].startswith("Bearer")
-
-
-def session_claims(server, token):
-    """Verify one of the service's session tokens with its published JWKS alone; return the claims."""
-    key_set = jwt.PyJWKSet.from_dict(server.request("GET", JWKS_PATH).json())
-    kid = jwt.get_unverified_header(token)["kid"]
-    key = next(k for k in key_set.keys if k.key_id == kid)
-    return jwt.decode(token, key, algorithms=[key.algorithm_name], audience=DEFAULTS.audience)
-
-
-def unverified_claims(token):
-    return jwt.decode(token, options={"verify_signature": False})
-
-
-def unescape(value):
-    return value.replace("%7C", "|").replace("%25", "%")
-
-
-def stored(client):
-    """Return ({sid: (user, device, stream)} of live sessions, {sid: reason} of tombstones), all buckets."""
-    seconds, micros = client.time()
-    now_ms = seconds * 1000 + micros // 1000
-    live, ended = {}, {}
-    for key in client.scan_iter(match="cs:*"):
-        for sid, value in client.hgetall(key).items():
-            value = value.decode()
-            if value.startswith("~"):
-                until, _, reason = value[1:].partition("|")
-                if int(until, 36) > now_ms:
-                    ended[sid.decode()] = reason
-                continue
-            expires, _started, user, device, stream = value.split("|")
-            if int(expires, 36) > now_ms:
-                live[sid.decode()] = (unescape(user), unescape(device), unescape(stream))
-    return live, ended
-
-
-def live_sessions(client, user=None):
-    return {sid: entry for sid, entry in stored(client)[0].items() if user is None or entry[0] == user}
-
-
-def redis_state(client):
-    """Return every key with its content: equal before and after means nothing was written."""
-    return {key: client.hgetall(key) for key in client.scan_iter()}
-
-
-def metric_values(server):
-    """Return {(sample name, labels): value} from the service's /metrics."""
-    answer = server.request("GET", "/metrics")
-    assert answer.status == 200, answer.body
-    values = collections.Counter()
-    for family in text_string_to_metric_families(answer.body.decode()):
-        for sample in family.samples:
-            values[(sample.name, tuple(sorted(sample.labels.items())))] += sample.value
-    return values
-
-
-def counted(before, after, name, **labels):
-    """Return how much the sample `name` with exactly `labels` grew between two metric_values."""
-    key = (name, tuple(sorted(labels.items())))
-    return after[key] - before[key]
-
-
-def log_entries(server):
-    """Return the JSON log lines the service has written so far."""
-    entries = []
-    for line in server.output().splitlines():
-        if line.startswith("{"):
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                continue
-    return entries
-
-
 # --- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def idp():
-    provider = IdentityProvider()
-    yield provider
-    provider.close()
 
 
 @pytest.fixture(scope="module", params=["jwks-url", "jwks-file"])

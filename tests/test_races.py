@@ -8,7 +8,8 @@ import threading
 import uuid
 
 import pytest
-from conftest import request
+from layout import live_sessions
+from processes import request
 
 from api.config import Config
 
@@ -71,28 +72,7 @@ def stop_session(port, sid, token):
     assert answer.status == 204, answer.body
 
 
-def unescape(value):
-    return value.replace("%7C", "|").replace("%25", "%")
-
-
-def stored_sessions(client):
-    """Return {sid: (user, device, stream)} of every session field of every bucket, expired or not.
-
-    A value starting with `~` is the tombstone of an ended session, not a session: it is skipped."""
-    sessions = {}
-    for key in client.scan_iter(match="cs:*"):
-        for sid, value in client.hgetall(key).items():
-            if value.startswith(b"~"):
-                continue
-            _expires, _started, user, device, stream = value.decode().split("|")
-            sessions[sid.decode()] = (unescape(user), unescape(device), unescape(stream))
-    return sessions
-
-
-def sessions_of(client, user):
-    return {sid: entry for sid, entry in stored_sessions(client).items() if entry[0] == user}
-
-
+@pytest.mark.backends
 def test_concurrent_starts_for_one_user_admit_exactly_the_limit(server, real_redis):
     user = f"racer-{uuid.uuid4().hex[:8]}"
     threads = 60
@@ -114,16 +94,17 @@ def test_concurrent_starts_for_one_user_admit_exactly_the_limit(server, real_red
                 assert answer.body["error"] == "limit_reached"
                 assert {s["sessionKey"] for s in answer.body["sessions"]} == set(admitted)
 
-        stored = sessions_of(real_redis, user)
+        stored = live_sessions(real_redis, user)
         assert {sid: device for sid, (_u, device, _s) in stored.items()} == {
             sid: device for sid, (_token, device) in admitted.items()
         }
 
         for sid, (token, _device) in admitted.items():
             stop_session(server.port, sid, token)
-        assert sessions_of(real_redis, user) == {}
+        assert live_sessions(real_redis, user) == {}
 
 
+@pytest.mark.backends
 def test_concurrent_starts_for_many_users_admit_the_limit_each(server, real_redis):
     users = [f"crowd-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
     calls = [(user, f"device-{d}") for user in users for d in range(8)]
@@ -138,10 +119,11 @@ def test_concurrent_starts_for_many_users_admit_the_limit_each(server, real_redi
     assert {a.status for a in answers} <= {200, 403}
     assert admitted == dict.fromkeys(users, MAX_STREAMS)
     assert refused == dict.fromkeys(users, 8 - MAX_STREAMS)
-    per_user = collections.Counter(user for user, _d, _s in stored_sessions(real_redis).values())
+    per_user = collections.Counter(user for user, _d, _s in live_sessions(real_redis).values())
     assert per_user == dict.fromkeys(users, MAX_STREAMS)
 
 
+@pytest.mark.backends
 def test_concurrent_identical_starts_make_one_session(server, real_redis):
     for _round in range(3):
         user = f"twin-{uuid.uuid4().hex[:8]}"
@@ -150,9 +132,10 @@ def test_concurrent_identical_starts_make_one_session(server, real_redis):
         assert len({a.body["sessionKey"] for a in answers}) == 1
         assert collections.Counter(a.body["status"] for a in answers) == {"initiated": 1, "updated": 19}
         sid = answers[0].body["sessionKey"]
-        assert sessions_of(real_redis, user) == {sid: (user, "tv", "final")}
+        assert live_sessions(real_redis, user) == {sid: (user, "tv", "final")}
 
 
+@pytest.mark.backends
 def test_heartbeats_racing_a_stop_never_bring_the_session_back(server, real_redis):
     sessions = []
     for i in range(10):
@@ -179,12 +162,12 @@ def test_heartbeats_racing_a_stop_never_bring_the_session_back(server, real_redi
 
     for kind, answer in zip(kinds, answers, strict=True):
         assert answer.status in ({204} if kind == "stop" else {200, 410}), (kind, answer.status, answer.body)
-    assert stored_sessions(real_redis) == {}
+    assert live_sessions(real_redis) == {}
     fresh_tokens = [(a.body["sessionKey"], a.body["token"]) for a in answers if a.status == 200]
     for sid, token in sessions + fresh_tokens:
         answer = request(server.port, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
         assert answer.status == 410, answer.body
-    assert stored_sessions(real_redis) == {}
+    assert live_sessions(real_redis) == {}
 
 
 class Player:
@@ -242,6 +225,7 @@ class Player:
             self.live = None
 
 
+@pytest.mark.backends
 def test_mixed_start_heartbeat_stop_leave_exactly_the_live_sessions(server, real_redis):
     users = [f"mix-{u}-{uuid.uuid4().hex[:6]}" for u in range(6)]
     players = [
@@ -252,7 +236,7 @@ def test_mixed_start_heartbeat_stop_leave_exactly_the_live_sessions(server, real
     all_at_once(server.port, [lambda c, p=p: p.play(c, 15) for p in players])
 
     believed = {p.live[0]: (p.user, p.device, "stream") for p in players if p.live is not None}
-    assert stored_sessions(real_redis) == believed
+    assert live_sessions(real_redis) == believed
     session_fields = [
         value
         for key in real_redis.scan_iter(match="cs:*")
@@ -269,4 +253,4 @@ def test_mixed_start_heartbeat_stop_leave_exactly_the_live_sessions(server, real
         for sid, token in player.ended:
             answer = request(server.port, "PUT", "/concurrency", {"sessionKey": sid, "token": token})
             assert answer.status == 410
-    assert stored_sessions(real_redis) == believed
+    assert live_sessions(real_redis) == believed

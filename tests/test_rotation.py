@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from conftest import ServerProcess, request, wait_until
+from processes import ServerProcess, request, wait_until
 
 from api.config import Config
 from keys.store import KeyStore

@@ -3,6 +3,7 @@
 import time
 
 import pytest
+from layout import live_sessions
 
 from api.errors import LimitReached, SessionGone, StoreUnavailable
 from api.sessions import Limits, Session
@@ -12,23 +13,12 @@ TTL_MS = 60_000
 TOMB_MS = 65_000
 
 
-@pytest.fixture
-def store(any_redis):
-    return RedisStore(any_redis, buckets=64)
-
-
-def sessions_of(client, store, user):
+def sessions_of(client, user):
     """Return {sid: (device, stream)} as Redis holds them for `user`."""
-    found = {}
-    for sid, value in client.hgetall(store.bucket_key(user)).items():
-        if value.startswith(b"~"):
-            continue  # an ended session's tombstone
-        _, _, owner, device, stream = value.decode().split("|")
-        if unescape(owner) == user:
-            found[sid.decode()] = (unescape(device), unescape(stream))
-    return found
+    return {sid: (device, stream) for sid, (_, device, stream) in live_sessions(client, user).items()}
 
 
+@pytest.mark.backends
 def test_admit_until_the_limit(store, any_redis):
     sids = {store.admit("ann", f"dev{i}", "film", Limits(3), TTL_MS, TOMB_MS).session.sid for i in range(3)}
     with pytest.raises(LimitReached) as refused:
@@ -37,9 +27,10 @@ def test_admit_until_the_limit(store, any_redis):
     assert {h.sid for h in holders} == sids
     assert {h.device for h in holders} == {"dev0", "dev1", "dev2"}
     assert all(isinstance(h.started_ms, int) for h in holders)
-    assert set(sessions_of(any_redis, store, "ann")) == sids
+    assert set(sessions_of(any_redis, "ann")) == sids
 
 
+@pytest.mark.backends
 def test_same_device_and_stream_renews_the_same_session(store):
     first = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     again = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
@@ -47,6 +38,7 @@ def test_same_device_and_stream_renews_the_same_session(store):
     assert again.session.sid == first.session.sid
 
 
+@pytest.mark.backends
 def test_users_in_one_bucket_do_not_share_a_limit(any_redis):
     store = RedisStore(any_redis, buckets=1)
     store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
@@ -55,16 +47,18 @@ def test_users_in_one_bucket_do_not_share_a_limit(any_redis):
         store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)
 
 
+@pytest.mark.backends
 def test_release_frees_the_slot_and_refresh_never_revives(store, any_redis):
     session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     assert store.release(session, TOMB_MS) is True
     assert store.release(session, TOMB_MS) is False
     with pytest.raises(SessionGone):
         store.refresh(session, TTL_MS)
-    assert sessions_of(any_redis, store, "ann") == {}
+    assert sessions_of(any_redis, "ann") == {}
     assert store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
 
 
+@pytest.mark.backends
 def test_refresh_needs_the_owner(store):
     session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     with pytest.raises(SessionGone):
@@ -76,10 +70,11 @@ def test_refresh_needs_the_owner(store):
 @pytest.mark.parametrize(
     "user", ["{slot}", "a:b", "pipe|user", "100%", "ünïcödé 🎬", "}{", "x" * 256, "with space"]
 )
+@pytest.mark.backends
 def test_ids_of_any_content(store, any_redis, user):
     device, stream = f"dev|{user}", f"%7C{user}"
     session = store.admit(user, device, stream, Limits(1), TTL_MS, TOMB_MS).session
-    assert sessions_of(any_redis, store, user) == {session.sid: (device, stream)}
+    assert sessions_of(any_redis, user) == {session.sid: (device, stream)}
     with pytest.raises(LimitReached) as refused:
         store.admit(user, "other", stream, Limits(1), TTL_MS, TOMB_MS)
     assert refused.value.holders[0].device == device
@@ -94,6 +89,7 @@ def test_escape_round_trips():
         assert "|" not in escape(value)
 
 
+@pytest.mark.backends
 def test_every_key_has_a_ttl(store, any_redis):
     for i in range(20):
         session = store.admit(f"user{i}", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
@@ -118,11 +114,6 @@ def test_unreachable_redis_is_store_unavailable():
 # Real redis-server only: expiry, server time, the script cache.
 
 
-@pytest.fixture
-def real_store(real_redis):
-    return RedisStore(real_redis, buckets=64)
-
-
 def test_sessions_expire_by_server_time(real_store, real_redis):
     session = real_store.admit("ann", "tv", "film", Limits(1), 1000, TOMB_MS).session
     time.sleep(0.6)
@@ -132,7 +123,7 @@ def test_sessions_expire_by_server_time(real_store, real_redis):
     time.sleep(1.2)
     with pytest.raises(SessionGone):
         real_store.refresh(session, 1000)
-    assert sessions_of(real_redis, real_store, "ann") == {}
+    assert sessions_of(real_redis, "ann") == {}
     assert real_store.admit("ann", "phone", "film", Limits(1), 1000, TOMB_MS).status == "initiated"
 
 
@@ -144,8 +135,8 @@ def test_expired_sessions_are_pruned_on_start(real_store, real_redis):
         "bob", "phone", "film", Limits(5), 60_000, TOMB_MS
     )  # same bucket scan prunes ann's expired one
     if real_store.bucket_key("ann") == real_store.bucket_key("bob"):
-        assert sessions_of(real_redis, real_store, "ann") == {}
-    assert len(sessions_of(real_redis, real_store, "bob")) == 2
+        assert sessions_of(real_redis, "ann") == {}
+    assert len(sessions_of(real_redis, "bob")) == 2
 
 
 def test_bucket_expires_with_its_sessions(real_store, real_redis):
@@ -156,6 +147,7 @@ def test_bucket_expires_with_its_sessions(real_store, real_redis):
     assert real_redis.exists(key) == 0
 
 
+@pytest.mark.backends
 def test_times_come_from_the_redis_server(real_store, real_redis):
     seconds, micros = real_redis.time()
     admission = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
@@ -200,12 +192,14 @@ def gone_reason(store, session):
     return gone.value.details["reason"]
 
 
+@pytest.mark.backends
 def test_stop_leaves_a_tombstone_that_says_stopped(store):
     session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     store.release(session, TOMB_MS)
     assert gone_reason(store, session) == "stopped"
 
 
+@pytest.mark.backends
 def test_evict_oldest_admits_and_ends_the_least_recently_started(store, any_redis):
     policy = Limits(2, evict_oldest=True)
     first = store.admit("ann", "d1", "film", policy, TTL_MS, TOMB_MS).session
@@ -216,9 +210,10 @@ def test_evict_oldest_admits_and_ends_the_least_recently_started(store, any_redi
     assert third.status == "initiated"
     assert third.evicted == (first.sid,)
     assert gone_reason(store, first) == "evicted"
-    assert set(sessions_of(any_redis, store, "ann")) == {second.sid, third.session.sid}
+    assert set(sessions_of(any_redis, "ann")) == {second.sid, third.session.sid}
 
 
+@pytest.mark.backends
 def test_stream_limit(store):
     policy = Limits(5, stream_limit=1)
     store.admit("ann", "tv", "match", policy, TTL_MS, TOMB_MS)
@@ -229,6 +224,7 @@ def test_stream_limit(store):
     assert store.admit("ann", "phone", "other", policy, TTL_MS, TOMB_MS).status == "initiated"
 
 
+@pytest.mark.backends
 def test_stream_limit_with_eviction(store):
     policy = Limits(5, stream_limit=1, evict_oldest=True)
     first = store.admit("ann", "tv", "match", policy, TTL_MS, TOMB_MS).session
@@ -236,6 +232,7 @@ def test_stream_limit_with_eviction(store):
     assert second.evicted == (first.sid,)
 
 
+@pytest.mark.backends
 def test_kick_one_and_all(store, any_redis):
     sessions = [store.admit("ann", f"d{i}", "film", Limits(3), TTL_MS, TOMB_MS).session for i in range(3)]
     other = store.admit("bob", "tv", "film", Limits(3), TTL_MS, TOMB_MS).session
@@ -244,12 +241,13 @@ def test_kick_one_and_all(store, any_redis):
     assert store.kick("ann", other.sid, TOMB_MS) == []  # bob's session is not ann's to kick
     assert gone_reason(store, sessions[0]) == "kicked"
     assert sorted(store.kick("ann", None, TOMB_MS)) == sorted(s.sid for s in sessions[1:])
-    assert sessions_of(any_redis, store, "ann") == {}
+    assert sessions_of(any_redis, "ann") == {}
     assert gone_reason(store, sessions[2]) == "kicked"
     store.refresh(other, TTL_MS)
     assert store.admit("ann", "new", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
 
 
+@pytest.mark.backends
 def test_list_sessions(store):
     made = [store.admit("ann", f"d{i}", f"s{i}", Limits(3), TTL_MS, TOMB_MS).session for i in range(2)]
     now_ms, listed = store.sessions("ann")
@@ -258,15 +256,17 @@ def test_list_sessions(store):
     assert store.sessions("nobody")[1] == []
 
 
+@pytest.mark.backends
 def test_lost_session_resumes_while_its_token_is_valid(store, any_redis):
     session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     any_redis.flushall()  # a failover lost the entry
     status, _ = store.refresh(session, TTL_MS, far_future_ms(any_redis), 2)
     assert status == "resumed"
-    assert sessions_of(any_redis, store, "ann") == {session.sid: ("tv", "film")}
+    assert sessions_of(any_redis, "ann") == {session.sid: ("tv", "film")}
     assert store.refresh(session, TTL_MS, far_future_ms(any_redis), 2)[0] == "updated"
 
 
+@pytest.mark.backends
 def test_lost_session_does_not_resume_over_the_limit_or_with_an_expired_token(store, any_redis):
     session = store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     any_redis.flushall()
@@ -279,14 +279,16 @@ def test_lost_session_does_not_resume_over_the_limit_or_with_an_expired_token(st
     assert gone.value.details["reason"] == "expired"
 
 
+@pytest.mark.backends
 def test_ended_sessions_never_resume(store, any_redis):
     session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     store.release(session, TOMB_MS)
     with pytest.raises(SessionGone):
         store.refresh(session, TTL_MS, far_future_ms(any_redis), 2)
-    assert sessions_of(any_redis, store, "ann") == {}
+    assert sessions_of(any_redis, "ann") == {}
 
 
+@pytest.mark.backends
 def test_stop_of_a_lost_session_still_blocks_resumption(store, any_redis):
     session = store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS).session
     any_redis.flushall()
