@@ -45,6 +45,13 @@ def environ_uses():
         tree = ast.parse(path.read_text(), relative)
         parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
         module = importlib.import_module(relative[:-3].replace("/", "."))
+        os_names = {
+            alias.asname or alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+            if alias.name == "os"
+        }
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "os":
                 if any(alias.name in ENVIRON_FUNCTIONS for alias in node.names):
@@ -52,7 +59,7 @@ def environ_uses():
             elif (
                 isinstance(node, ast.Attribute)
                 and isinstance(node.value, ast.Name)
-                and node.value.id == "os"
+                and node.value.id in os_names
                 and node.attr in ENVIRON_FUNCTIONS
             ):
                 how, key = _use(node, parents)
