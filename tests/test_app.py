@@ -1,34 +1,110 @@
 """The app factory and the contract through falcon's TestClient over fakeredis."""
 
+import dataclasses
+import re
+
+import falcon.inspect
 import falcon.testing
 import jwt
 import pytest
 import redis
+import yaml
 
-from api.app import create_app, get_app
+from api.app import OPENAPI_PATH, create_app, get_app
 from api.config import Config, ConfigError
 from api.store import RedisStore
 from keys.errors import NoSigningKey
+from keys.keyring import Keyring
+from keys.store import KeyStore
 
 START = {"userId": "ann", "deviceId": "tv", "streamId": "film"}
+HTTP = ("get", "put", "post", "delete", "patch")
 
 
 def start(client, **fields):
     return client.simulate_post("/concurrency", json={**START, **fields})
 
 
-def test_create_app_has_no_side_effects(config, keyring):
-    class Untouchable:
-        def register_script(self, script):
-            raise AssertionError("create_app must not talk to Redis")
+class Untouchable:
+    """A collaborator that fails the test on any use."""
 
-    app = create_app(config, store=Untouchable(), keyring=keyring)
-    assert app is not None
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        raise AssertionError(f"the {self._name} was used ({attr})")
 
 
-def test_get_app_builds_from_the_environment(keys_dir):
-    app = get_app({"CONCURRENCY_KEYS_DIR": keys_dir, "CONCURRENCY_REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert app is not None
+def documented_operations():
+    """Return {(path template, METHOD)} of the OpenAPI document the app serves; parameters as {}."""
+    paths = yaml.safe_load(OPENAPI_PATH.read_text())["paths"]
+    return {
+        (template(path), method.upper()) for path, item in paths.items() for method in item if method in HTTP
+    }
+
+
+def template(path):
+    return re.sub(r"\{[^}]+\}", "{}", path)
+
+
+def test_create_app_has_no_side_effects(config):
+    app = create_app(config, store=Untouchable("store"), keyring=Untouchable("keyring"))
+    routed = {
+        (template(route.path), info.method)
+        for route in falcon.inspect.inspect_routes(app)
+        for info in route.methods
+        if not info.internal
+    }
+    assert routed == documented_operations()
+
+    client = falcon.testing.TestClient(app)
+    for path in ("/healthz", "/health"):
+        answer = client.simulate_get(path)
+        assert (answer.status_code, answer.json) == (200, {"status": "ok"})
+    assert client.simulate_get("/openapi.yaml").content == OPENAPI_PATH.read_bytes()
+    for path, method in documented_operations():  # each route answers OPTIONS with its own methods
+        allowed = client.simulate_options(path.replace("{}", "x")).headers["allow"]
+        assert method in {m.strip() for m in allowed.split(",")}
+
+
+@pytest.mark.redis
+def test_get_app_builds_from_the_environment(keys_dir, real_redis, redis_server, tmp_path, monkeypatch):
+    KeyStore(str(tmp_path)).generate("ES256")  # another key, in the directory os.environ names
+    monkeypatch.setenv("CONCURRENCY_KEYS_DIR", str(tmp_path))
+    monkeypatch.setenv("CONCURRENCY_ISSUER", "from-os-environ")
+    monkeypatch.setenv("CONCURRENCY_JWKS_MAX_AGE", "999")
+    monkeypatch.setenv("CONCURRENCY_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("CONCURRENCY_AUDIENCE", "from-os-environ")  # the mapping leaves these to defaults
+    monkeypatch.setenv("CONCURRENCY_SESSION_TTL", "7")
+    environ = {
+        "CONCURRENCY_KEYS_DIR": keys_dir,
+        "CONCURRENCY_ISSUER": "from-the-mapping",
+        "CONCURRENCY_JWKS_MAX_AGE": "17",
+        "CONCURRENCY_REDIS_URL": redis_server.url,
+    }
+    client = falcon.testing.TestClient(get_app(environ))
+
+    jwks = client.simulate_get("/.well-known/jwks.json")
+    assert jwks.headers["cache-control"] == "public, max-age=17"
+    (jwk,) = jwks.json["keys"]
+    assert jwk["kid"] == Keyring.open(keys_dir).current.signing.kid
+
+    started = start(client)
+    assert started.status_code == 200  # the mapping's Redis; os.environ's refuses connections
+    token = started.json["token"]
+    assert jwt.get_unverified_header(token)["kid"] == jwk["kid"]
+    claims = jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["ES256"], audience=Config().audience)
+    assert claims["iss"] == "from-the-mapping"
+    assert claims["exp"] - claims["iat"] == Config().session_ttl_s
+
+
+def test_get_app_reads_os_environ_by_default(keys_dir, monkeypatch):
+    for name in (field.metadata["env"] for field in dataclasses.fields(Config)):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONCURRENCY_KEYS_DIR", keys_dir)
+    monkeypatch.setenv("CONCURRENCY_JWKS_MAX_AGE", "999")
+    client = falcon.testing.TestClient(get_app())
+    assert client.simulate_get("/.well-known/jwks.json").headers["cache-control"] == "public, max-age=999"
 
 
 def test_get_app_refuses_without_a_signing_key(tmp_path):

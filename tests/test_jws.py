@@ -1,0 +1,325 @@
+"""The hand-written compact JWS (keys/jws.py): our header, our keys, strict serialization."""
+
+import base64
+import hashlib
+import hmac
+import json
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from keys import jws
+from keys.errors import InvalidJws
+from keys.keyring import KeySet
+from keys.records import ALGORITHMS
+from keys.store import KeyStore
+
+CLAIMS = {"sub": "ann", "sid": "s-1", "n": 7, "f": 1.5, "ok": True, "none": None, "odd": 'ü|"\\\n🎬'}
+
+
+@pytest.fixture(scope="module")
+def keysets(tmp_path_factory):
+    """One KeySet per algorithm, each with one active key (RSA keys are slow to make: once per module)."""
+    sets = {}
+    for alg in ALGORITHMS:
+        store = KeyStore(str(tmp_path_factory.mktemp(alg)))
+        store.generate(alg)
+        sets[alg] = KeySet(store.load())
+    return sets
+
+
+@pytest.fixture(scope="module")
+def keyset(keysets):
+    return keysets["ES256"]
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory):
+    """An ES256 key that is not ours."""
+    store = KeyStore(str(tmp_path_factory.mktemp("stranger")))
+    store.generate("ES256")
+    return KeySet(store.load()).signing
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64(segment):
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def encode(value):
+    return b64(json.dumps(value, separators=(",", ":")).encode())
+
+
+def our_header(key):
+    return {"alg": key.alg, "kid": key.kid, "typ": jws.TOKEN_TYPE}
+
+
+def forge(key, header, payload=b'{"sub":"ann"}'):
+    """Return a token with any header and payload bytes, validly signed by `key`."""
+    header_segment = header if isinstance(header, str) else encode(header)
+    signing_input = f"{header_segment}.{b64(payload)}"
+    return f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+
+
+def with_signature(token, signature):
+    return token.rsplit(".", 1)[0] + "." + b64(signature)
+
+
+# -- what we sign -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_sign_then_verify(keysets, alg):
+    keyset = keysets[alg]
+    token = jws.sign(keyset.signing, CLAIMS)
+    assert jws.verify(token, keyset.verifying) == CLAIMS
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_header_is_exactly_alg_kid_and_typ(keysets, alg):
+    key = keysets[alg].signing
+    header_segment = jws.sign(key, CLAIMS).split(".")[0]
+    assert json.loads(unb64(header_segment)) == {"alg": alg, "kid": key.kid, "typ": "session+jwt"}
+    assert b" " not in unb64(header_segment)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_a_general_jose_library_verifies_our_tokens(keysets, alg):
+    key = keysets[alg].signing
+    token = jws.sign(key, CLAIMS)
+    assert jwt.get_unverified_header(token) == {"alg": alg, "kid": key.kid, "typ": "session+jwt"}
+    assert jwt.decode(token, key.public_key, algorithms=[alg]) == CLAIMS
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_we_verify_what_a_general_jose_library_signs_with_our_header(keysets, alg):
+    keyset = keysets[alg]
+    key = keyset.signing
+    headers = {"kid": key.kid, "typ": jws.TOKEN_TYPE}
+    token = jwt.encode(CLAIMS, key.private_key, algorithm=alg, headers=headers)
+    assert jws.verify(token, keyset.verifying) == CLAIMS
+
+
+# -- serialization ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "abc", "a.b", "a.b.c.d", "a..c", ".b.c", "a.b.", "a.b.c.", "a.b.c\n", " a.b.c", "a=.b.c", "a+/.b.c"],
+)
+def test_not_three_base64url_parts(keyset, text):
+    with pytest.raises(InvalidJws, match=r"not a compact JWS \(three base64url parts\)"):
+        jws.verify(text, keyset.verifying)
+
+
+def test_padding_is_not_base64url(keyset):
+    token = jws.sign(keyset.signing, CLAIMS)
+    header_segment, payload, signature = token.split(".")
+    padded = f"{header_segment}.{payload}.{signature}=="
+    with pytest.raises(InvalidJws, match="not a compact JWS"):
+        jws.verify(padded, keyset.verifying)
+
+
+def test_header_that_is_not_base64url(keyset):
+    token = jws.sign(keyset.signing, CLAIMS)
+    broken = "A" + token[token.index(".") :]  # one character can never be base64 of anything
+    with pytest.raises(InvalidJws, match="token header is not base64url"):
+        jws.verify(broken, keyset.verifying)
+
+
+def test_signature_that_is_not_base64url(keyset):
+    token = jws.sign(keyset.signing, CLAIMS)
+    broken = token.rsplit(".", 1)[0] + ".AAAAA"  # 4n + 1 characters can never be base64 of anything
+    with pytest.raises(InvalidJws, match="token signature is not base64url"):
+        jws.verify(broken, keyset.verifying)
+
+
+def test_payload_that_is_not_base64url(keyset):
+    key = keyset.signing
+    signing_input = f"{encode(our_header(key))}.A"
+    token = f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
+    with pytest.raises(InvalidJws, match="token payload is not base64url"):
+        jws.verify(token, keyset.verifying)
+
+
+@pytest.mark.parametrize("header", ["[]", "null", '"ES256"', "7", "{not json", '{"alg":"ES256",}'])
+def test_header_that_is_not_a_json_object(keyset, header):
+    token = forge(keyset.signing, b64(header.encode()))
+    with pytest.raises(InvalidJws, match="token header is not a JSON object"):
+        jws.verify(token, keyset.verifying)
+
+
+# -- the header -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"crit": ["exp"]},
+        {"jku": "https://evil.example/jwks"},
+        {"x5u": "https://evil.example/cert"},
+        {"b64": False},
+        {"zip": "DEF"},
+        {"cty": "JWT"},
+    ],
+)
+def test_header_with_another_parameter(keyset, extra):
+    key = keyset.signing
+    with pytest.raises(InvalidJws, match="token header has unexpected parameters"):
+        jws.verify(forge(key, {**our_header(key), **extra}), keyset.verifying)
+
+
+@pytest.mark.parametrize("typ", ["JWT", "at+jwt", "session+JWT", "", None, "missing"])
+def test_header_with_the_wrong_type(keyset, typ):
+    key = keyset.signing
+    header = {**our_header(key), "typ": typ}
+    if typ == "missing":
+        del header["typ"]
+    with pytest.raises(InvalidJws, match="token has the wrong type"):
+        jws.verify(forge(key, header), keyset.verifying)
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "HS256", "ES384", "PS256", "", None, "missing"])
+def test_algorithm_that_is_not_allowed(keyset, alg):
+    key = keyset.signing
+    header = {**our_header(key), "alg": alg}
+    if alg == "missing":
+        del header["alg"]
+    with pytest.raises(InvalidJws, match="token algorithm is not allowed"):
+        jws.verify(forge(key, header), keyset.verifying)
+
+
+def test_hmac_with_our_public_key_as_the_secret_is_refused(keyset):
+    """Refuse the classic confusion: HS256 keyed with the public key everyone can fetch."""
+    key = keyset.signing
+    public_pem = key.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signing_input = f"{encode({**our_header(key), 'alg': 'HS256'})}.{encode(CLAIMS)}"
+    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
+    with pytest.raises(InvalidJws, match="token algorithm is not allowed"):
+        jws.verify(f"{signing_input}.{b64(mac)}", keyset.verifying)
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "RS256"])
+def test_algorithm_that_does_not_match_the_key(keyset, alg):
+    key = keyset.signing
+    with pytest.raises(InvalidJws, match="token algorithm does not match its key"):
+        jws.verify(forge(key, {**our_header(key), "alg": alg}), keyset.verifying)
+
+
+@pytest.mark.parametrize("kid", ["nobody", "", "missing"])
+def test_unknown_kid(keyset, kid):
+    key = keyset.signing
+    header = {**our_header(key), "kid": kid}
+    if kid == "missing":
+        del header["kid"]
+    with pytest.raises(InvalidJws, match="token is signed with an unknown key"):
+        jws.verify(forge(key, header), keyset.verifying)
+
+
+@pytest.mark.parametrize("kid", [7, None, True, ["kid"], {"kid": "x"}])
+def test_kid_that_is_not_a_string(keyset, kid):
+    key = keyset.signing
+    with pytest.raises(InvalidJws, match="token is signed with an unknown key"):
+        jws.verify(forge(key, {**our_header(key), "kid": kid}), keyset.verifying)
+
+
+def test_only_the_given_keys_verify(keysets, keyset):
+    token = jws.sign(keyset.signing, CLAIMS)
+    for keys in ({}, keysets["EdDSA"].verifying):
+        with pytest.raises(InvalidJws, match="unknown key"):
+            jws.verify(token, keys)
+
+
+def test_a_key_in_the_header_is_never_used(keyset, stranger):
+    """A `jwk` header parameter is refused, whichever kid it comes with; our kid needs our signature."""
+    ours = keyset.signing
+    jwk = stranger.public_jwk()
+    for kid in (ours.kid, stranger.kid):
+        header = {"alg": "ES256", "kid": kid, "typ": jws.TOKEN_TYPE, "jwk": jwk}
+        with pytest.raises(InvalidJws, match="token header has unexpected parameters"):
+            jws.verify(forge(stranger, header), keyset.verifying)
+    with pytest.raises(InvalidJws, match="token signature is invalid"):
+        jws.verify(forge(stranger, our_header(ours)), keyset.verifying)
+    with pytest.raises(InvalidJws, match="token is signed with an unknown key"):
+        jws.verify(forge(stranger, our_header(stranger)), keyset.verifying)
+
+
+# -- the signature ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_altered_payload(keysets, alg):
+    keyset = keysets[alg]
+    header_segment, _, signature = jws.sign(keyset.signing, CLAIMS).split(".")
+    altered = f"{header_segment}.{encode({**CLAIMS, 'sub': 'bob'})}.{signature}"
+    with pytest.raises(InvalidJws, match="token signature is invalid"):
+        jws.verify(altered, keyset.verifying)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_altered_signature(keysets, alg):
+    keyset = keysets[alg]
+    token = jws.sign(keyset.signing, CLAIMS)
+    signature = bytearray(unb64(token.rsplit(".", 1)[1]))
+    for index in (0, len(signature) // 2, -1):
+        altered = signature.copy()
+        altered[index] ^= 0x01
+        with pytest.raises(InvalidJws, match="token signature is invalid"):
+            jws.verify(with_signature(token, bytes(altered)), keyset.verifying)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_signature_of_the_wrong_length(keysets, alg):
+    keyset = keysets[alg]
+    token = jws.sign(keyset.signing, CLAIMS)
+    signature = unb64(token.rsplit(".", 1)[1])
+    for wrong in (signature[:-1], signature + b"\0", b"\0" + signature, signature * 2, b"\0"):
+        with pytest.raises(InvalidJws, match="token signature is invalid"):
+            jws.verify(with_signature(token, wrong), keyset.verifying)
+
+
+def test_es256_signature_of_zeros(keyset):
+    token = jws.sign(keyset.signing, CLAIMS)
+    with pytest.raises(InvalidJws, match="token signature is invalid"):
+        jws.verify(with_signature(token, bytes(64)), keyset.verifying)
+
+
+# -- the payload ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"[1,2]", b'"text"', b"1", b"null", b"true", b"{not json", b'{"a":1} x', b"\xff\xfe"],
+)
+def test_payload_that_is_not_a_json_object(keyset, payload):
+    key = keyset.signing
+    with pytest.raises(InvalidJws, match="token payload is not a JSON object"):
+        jws.verify(forge(key, our_header(key), payload), keyset.verifying)
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_payload_with_non_json_constants(keyset, constant):
+    key = keyset.signing
+    token = forge(key, our_header(key), b'{"sub":"ann","exp":' + constant + b"}")
+    with pytest.raises(InvalidJws, match="token payload is not a JSON object"):
+        jws.verify(token, keyset.verifying)
+
+
+def test_header_with_non_json_constants(keyset):
+    key = keyset.signing
+    header = json.dumps({**our_header(key), "x": 1})[:-1] + ',"y":NaN}'
+    with pytest.raises(InvalidJws, match="token header is not a JSON object"):
+        jws.verify(forge(key, b64(header.encode())), keyset.verifying)
+
+
+def test_deeply_nested_payload(keyset):
+    key = keyset.signing
+    token = forge(key, our_header(key), b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(InvalidJws, match="token payload is not a JSON object"):
+        jws.verify(token, keyset.verifying)
