@@ -1,6 +1,7 @@
 """Service configuration: every CONCURRENCY_* variable, read here only, parsed once into typed values."""
 
 import dataclasses
+import math
 import os
 import types
 from collections.abc import Callable, Mapping
@@ -8,6 +9,8 @@ from typing import Any
 
 AT_LIMIT_CHOICES = ("reject", "evict-oldest")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Asymmetric only: an HMAC algorithm would let anyone holding the identity provider's public key sign.
+USER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 # Where gunicorn's workers share Prometheus figures. prometheus_client reads it when first imported,
 # so `serve` sets it before anything imports that library.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,7 +55,7 @@ def _plans(raw: str, env: str) -> dict[str, str]:
 def _plan_limits(raw: str, env: str) -> Mapping[str, int]:
     plans = _plans(raw, env)
     for plan, value in plans.items():
-        if not (value.isdigit() and int(value) > 0):
+        if not (value.isascii() and value.isdigit() and int(value) > 0):
             raise ConfigError(f"{env}: {plan!r} needs a positive integer")
     return types.MappingProxyType({plan: int(value) for plan, value in plans.items()})
 
@@ -115,8 +118,13 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must not be negative")
         for name in ("redis_timeout_s", "keys_reload_s"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{self.env_name(name)} must be a positive number of seconds")
+        unknown = set(self.user_algorithms) - set(USER_ALGORITHMS)
+        if unknown or not self.user_algorithms:
+            raise ConfigError(
+                f"{self.env_name('user_algorithms')} must name some of {', '.join(USER_ALGORITHMS)}"
+            )
         choices = {
             "redis_mode": ("standalone", "cluster"),
             "at_limit": AT_LIMIT_CHOICES,

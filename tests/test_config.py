@@ -326,3 +326,14 @@ def test_validation_applies_to_values_from_the_environment():
 def test_longest_token(on_store_error, session_ttl_s, degraded_ttl_s, longest):
     config = Config(on_store_error=on_store_error, session_ttl_s=session_ttl_s, degraded_ttl_s=degraded_ttl_s)
     assert config.longest_token_s == longest
+
+
+@pytest.mark.parametrize("value", ["none", "HS256", "RS256,hs256", ""])
+def test_user_algorithms_are_asymmetric_ones_only(value):
+    with pytest.raises(ConfigError, match="CONCURRENCY_USER_ALGORITHMS"):
+        Config.from_env({"CONCURRENCY_USER_ALGORITHMS": value})
+
+
+def test_an_infinite_key_reload_interval_is_refused():
+    with pytest.raises(ConfigError, match="CONCURRENCY_KEYS_RELOAD"):
+        Config.from_env({"CONCURRENCY_KEYS_RELOAD": "inf"})
