@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 import yaml
-from conftest import RedisServer, free_port, request, wait_until
+from processes import RedisServer, free_port, request, wait_until
 
 from api.config import Config
 
