@@ -49,7 +49,7 @@ def create_app(
     health = resources.Health()
     app.add_route("/health", health)
     app.add_route("/healthz", health)
-    app.add_route("/readyz", resources.Ready(store, keyring))
+    app.add_route("/readyz", resources.Ready(store, keyring, identity.modes))
     app.add_route("/concurrency", resources.LegacyConcurrency(concurrency, start, config))
     app.add_route("/v1/sessions", resources.Sessions(start))
     app.add_route("/v1/sessions/{session_id}", resources.SessionItem(concurrency, config))
@@ -66,7 +66,7 @@ def get_app(environ: Mapping[str, str] | None = None) -> falcon.App:
     """Build the app from CONCURRENCY_* variables (os.environ by default): the entry point for servers."""
     config = Config.from_env(os.environ if environ is None else environ)
     configure_logging(config.log_level)
-    store = RedisStore(connect(config), config.buckets, timeout_s=config.redis_timeout_s)
+    store = RedisStore(connect(config), timeout_s=config.redis_timeout_s)
     keyring = Keyring.open(config.keys_dir, config.signing_key_pem, config.keys_reload_s)
     _ = keyring.signing_key  # fail at boot, not on the first request, when no key is active
     return create_app(config, store, keyring)

@@ -5,9 +5,9 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .errors import InvalidToken, SessionGone, StoreUnavailable, TokenExpired
+from .errors import InvalidToken, LimitReached, SessionGone, StoreUnavailable, TokenExpired
 from .sessions import Grant, Limits, Session, new_session_id
-from .store import RedisStore
+from .store import RENEW_NONE, RENEW_SAME, RedisStore
 from .tokens import Claims, SessionTokens
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,34 @@ class Concurrency:
         self._count = count
         self._clock = clock
 
-    def start(self, user: str, device: str, stream: str, limits: Limits) -> Grant:
-        """Start or renew a session and return its Grant; raise LimitReached at the limit."""
+    def start(
+        self,
+        user: str,
+        device: str,
+        stream: str,
+        limits: Limits,
+        vouched: bool = True,
+        token: str | None = None,
+    ) -> Grant:
+        """Start a session, or renew one of this device and stream; raise LimitReached at the limit.
+
+        A caller that speaks for the user (`vouched`) renews the session of the same device and stream.
+        Anyone else renews only the session whose token it shows, else starts a new one: a start never
+        hands the token of a session to a caller that does not hold it, and the 403 at the limit shows
+        such a caller how many sessions play, not their keys."""
+        renew = RENEW_SAME if vouched else RENEW_NONE
+        if token is not None:
+            claims = self._tokens.verify(token)
+            if (claims["sub"], claims["device"], claims["stream"]) != (user, device, stream):
+                raise InvalidToken("token belongs to another user, device or stream")
+            renew = claims["sid"]
         try:
-            admission = self._store.admit(user, device, stream, limits, self.ttl_ms, self._tombstone_ms)
+            admission = self._store.admit(
+                user, device, stream, limits, self.ttl_ms, self._tombstone_ms, renew
+            )
+        except LimitReached as refused:
+            refused.visible = vouched
+            raise
         except StoreUnavailable:
             if not self._fail_open:
                 raise

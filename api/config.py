@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import os
+import re
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,6 +16,14 @@ USER_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256"
 # so `serve` sets it before anything imports that library.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+CALLER_MODES = ("user-token", "trusted-caller", "anonymous")
+CALLER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_SECRET_CHARS = 16
+MAX_ID_CHARS = 256
+MAX_TOKEN_CHARS = 6144  # the longest session token we issue (ids of MAX_ID_CHARS 4-byte characters) fits
+# The longest valid request: three ids whose characters are JSON-escaped surrogate pairs, and a token.
+MIN_BODY_BYTES = 3 * 12 * MAX_ID_CHARS + MAX_TOKEN_CHARS + 256
+
 _NONE: Mapping[str, Any] = types.MappingProxyType({})
 
 
@@ -22,12 +31,16 @@ class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
 
 
-def _setting(env: str, default: Any, parse: Callable[[str, str], Any] | None = None) -> Any:
-    """Declare a field read from the variable `env`; `parse(raw, env)` turns its text into the value."""
+def _setting(
+    env: str, default: Any, parse: Callable[[str, str], Any] | None = None, secret: bool = False
+) -> Any:
+    """Declare a field read from the variable `env`; `parse(raw, env)` turns its text into the value.
+
+    A secret is left out of the config's repr, so it never reaches a log line."""
     metadata = {"env": env, "parse": parse}
     if isinstance(default, Mapping):  # immutable, but dataclasses take only hashable defaults as such
-        return dataclasses.field(default_factory=lambda: default, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=lambda: default, metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 def _bool(raw: str, env: str) -> bool:
@@ -64,6 +77,14 @@ def _plan_behaviours(raw: str, env: str) -> Mapping[str, str]:
     return types.MappingProxyType(_plans(raw, env))
 
 
+def _callers(raw: str, env: str) -> tuple[tuple[str, str], ...]:
+    """Parse `name:secret,name:secret`; a name may appear twice while its secret is rotated."""
+    pairs = [item.strip().partition(":") for item in raw.split(",") if item.strip()]
+    if any(not sep for _, sep, _ in pairs):
+        raise ConfigError(f"{env} must look like 'playback-api:SECRET,playback-api:NEXT-SECRET'")
+    return tuple((name, secret) for name, _, secret in pairs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     redis_url: str = _setting("CONCURRENCY_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -78,21 +99,27 @@ class Config:
     )  # re-admit a session Redis lost, while its token is valid
     on_store_error: str = _setting("CONCURRENCY_ON_STORE_ERROR", "closed")  # "open": degraded tokens
     degraded_ttl_s: int = _setting("CONCURRENCY_DEGRADED_TTL", 45)  # a little over one heartbeat interval
-    buckets: int = _setting("CONCURRENCY_BUCKETS", 65536)
     keys_dir: str = _setting("CONCURRENCY_KEYS_DIR", "keys.d")
     keys_reload_s: float = _setting("CONCURRENCY_KEYS_RELOAD", 1.0)  # between checks of the key directory
-    signing_key_pem: str = _setting("CONCURRENCY_SIGNING_KEY_PEM", "")  # one key instead of the directory
+    signing_key_pem: str = _setting(
+        "CONCURRENCY_SIGNING_KEY_PEM", "", secret=True
+    )  # instead of the directory
     issuer: str = _setting("CONCURRENCY_ISSUER", "concurrency-service")
     audience: str = _setting("CONCURRENCY_AUDIENCE", "playback")
     token_leeway_s: int = _setting("CONCURRENCY_TOKEN_LEEWAY", 5)
     token_cache_size: int = _setting("CONCURRENCY_TOKEN_CACHE_SIZE", 32768)  # about 700 bytes each; 0: off
     jwks_max_age_s: int = _setting("CONCURRENCY_JWKS_MAX_AGE", 300)
-    max_body_bytes: int = _setting("CONCURRENCY_MAX_BODY_BYTES", 4096)
+    max_body_bytes: int = _setting("CONCURRENCY_MAX_BODY_BYTES", 16384)
     max_id_chars: int = _setting("CONCURRENCY_MAX_ID_CHARS", 256)
     retry_after_s: int = _setting("CONCURRENCY_RETRY_AFTER", 1)
     access_log: bool = _setting("CONCURRENCY_ACCESS_LOG", False)  # one JSON line per request
     log_level: str = _setting("CONCURRENCY_LOG_LEVEL", "INFO")
-    admin_token: str = _setting("CONCURRENCY_ADMIN_TOKEN", "")  # secret for the management routes
+    admin_token: str = _setting("CONCURRENCY_ADMIN_TOKEN", "", secret=True)  # for the management routes
+    auth: tuple[str, ...] = _setting(
+        "CONCURRENCY_AUTH", (), _names
+    )  # who may act for a user; see caller_modes
+    callers: tuple[tuple[str, str], ...] = _setting("CONCURRENCY_CALLERS", (), _callers, secret=True)
+    allow_anonymous: bool = _setting("CONCURRENCY_ALLOW_ANONYMOUS", False)  # on a non-loopback address
     user_jwks: str = _setting(
         "CONCURRENCY_USER_JWKS", ""
     )  # IdP's JWKS URL or file; set: starts need a user token
@@ -110,7 +137,7 @@ class Config:
     plan_at_limit: Mapping[str, str] = _setting("CONCURRENCY_PLAN_AT_LIMIT", _NONE, _plan_behaviours)
 
     def __post_init__(self) -> None:
-        at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "buckets", "max_body_bytes")
+        at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "max_body_bytes")
         for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
@@ -140,12 +167,49 @@ class Config:
         for plan, value in self.plan_at_limit.items():
             if value not in AT_LIMIT_CHOICES:
                 raise ConfigError(f"{self.env_name('plan_at_limit')}: {plan!r} needs reject or evict-oldest")
+        if not 1 <= self.max_id_chars <= MAX_ID_CHARS:
+            raise ConfigError(f"{self.env_name('max_id_chars')} must be between 1 and {MAX_ID_CHARS}")
+        if self.max_body_bytes < MIN_BODY_BYTES:
+            raise ConfigError(
+                f"{self.env_name('max_body_bytes')} must be at least {MIN_BODY_BYTES}: the longest valid"
+                " request (three ids of the longest length, JSON-escaped, and a token) must fit"
+            )
+        self._check_callers()
         if self.user_jwks and not (self.user_issuer and self.user_audience):
             # RFC 8725 3.9, 3.10: a token the identity provider issued to another app must not pass.
             raise ConfigError(
                 "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with"
                 " CONCURRENCY_USER_JWKS"
             )
+
+    def _check_callers(self) -> None:
+        modes = set(self.caller_modes)
+        if not modes <= set(CALLER_MODES):
+            raise ConfigError(f"{self.env_name('auth')} must name some of {', '.join(CALLER_MODES)}")
+        if "anonymous" in modes and len(modes) > 1:
+            raise ConfigError(f"{self.env_name('auth')}: anonymous cannot be combined with another mode")
+        if "user-token" in modes and not self.user_jwks:
+            raise ConfigError(f"{self.env_name('auth')}=user-token needs {self.env_name('user_jwks')}")
+        if "trusted-caller" in modes and not self.callers:
+            raise ConfigError(f"{self.env_name('auth')}=trusted-caller needs {self.env_name('callers')}")
+        for name, secret in self.callers:
+            if not CALLER_NAME.fullmatch(name):
+                raise ConfigError(
+                    f"{self.env_name('callers')}: caller name {name!r} must match {CALLER_NAME.pattern}"
+                )
+            if len(secret) < MIN_SECRET_CHARS:
+                raise ConfigError(
+                    f"{self.env_name('callers')}: the secret of {name!r} must be at least"
+                    f" {MIN_SECRET_CHARS} characters"
+                )
+
+    @property
+    def caller_modes(self) -> tuple[str, ...]:
+        """Who may act for a user: CONCURRENCY_AUTH, else what is configured, else anonymous."""
+        if self.auth:
+            return self.auth
+        derived = ("user-token",) * bool(self.user_jwks) + ("trusted-caller",) * bool(self.callers)
+        return derived or ("anonymous",)
 
     @property
     def longest_token_s(self) -> int:

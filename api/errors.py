@@ -28,6 +28,13 @@ class InvalidToken(ServiceError):
     code = "invalid_token"
 
 
+class InvalidCredentials(ServiceError):
+    """A trusted caller's credential is missing or wrong."""
+
+    status = "401 Unauthorized"
+    code = "invalid_credentials"
+
+
 class Forbidden(ServiceError):
     status = "403 Forbidden"
     code = "forbidden"
@@ -43,11 +50,12 @@ class LimitReached(ServiceError):
     status = "403 Forbidden"
     code = "limit_reached"
 
-    def __init__(self, scope: str, limit: int, holders: list[Session]) -> None:
+    def __init__(self, scope: str, limit: int, holders: list[Session], visible: bool = True) -> None:
         super().__init__(f"{scope} limit of {limit} reached")
         self.scope = scope
         self.limit = limit
         self.holders = holders
+        self.visible = visible  # whether the caller may see the holders' keys, or only how many there are
 
 
 class NotFound(ServiceError):

@@ -1,68 +1,54 @@
-"""Who is asking (user access tokens, the admin secret) and what a user may play."""
+"""Who is asking, and what they may do for a user: user tokens, trusted callers, the admin secret, anonymous.
 
+Credentials come in the `Authorization` header: `Bearer <user access token>` (user-token mode) or
+`Bearer <admin secret>`, and `Basic base64(name:secret)` for a trusted caller. In anonymous mode (for
+development) nobody is asked for anything, so nothing an anonymous caller gets may help it act on
+sessions it does not already hold.
+"""
+
+import base64
+import binascii
+import collections
+import dataclasses
+import hashlib
 import hmac
-import json
-import logging
-from typing import Any, Protocol
-
-import falcon
-import jwt
 
 from .config import AT_LIMIT_CHOICES, Config
-from .errors import BadRequest, Forbidden, InvalidToken
-from .requests import bearer_token
+from .errors import BadRequest, Forbidden, InvalidCredentials, InvalidToken
 from .sessions import Limits
+from .user_tokens import Claims, JwkSource, UserTokens, jwks_from
 
-log = logging.getLogger(__name__)
-
-JWKS_FETCH_TIMEOUT_S = 2
-JWKS_CACHE_S = 300
-
-Claims = dict[str, Any]
+ANONYMOUS = "anonymous"
+USER = "user"  # the caller name of a user presenting their own access token
+ADMIN = "admin"
 
 
-class JwkSource(Protocol):
-    """What PyJWKClient offers: the key that signed a token, by its `kid`."""
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Who made a request: a name for logs and metrics; `vouched`: authenticated to act for the user."""
 
-    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK: ...
+    name: str
+    vouched: bool
 
 
 class Identity:
-    """Verify user access tokens (when configured) and decide each user's limits."""
+    """Authenticate callers by the configured modes and decide each user's limits."""
 
     def __init__(self, config: Config, jwk_source: JwkSource | None = None) -> None:
         self._config = config
-        self._jwk_source = jwk_source or _jwk_source(config.user_jwks)
+        self.modes = config.caller_modes
+        if "user-token" in self.modes:
+            jwk_source = jwk_source or jwks_from(config.user_jwks)
+        self._user_tokens = UserTokens(config, jwk_source) if jwk_source else None
+        self._callers = _Credentials(config.callers) if "trusted-caller" in self.modes else None
         self._default_limits = Limits(
             config.max_streams, config.stream_limit, config.at_limit == "evict-oldest"
         )
 
     @property
-    def required(self) -> bool:
-        """Whether starting a session needs a verified user token."""
-        return self._jwk_source is not None
-
-    def user_claims(self, req: falcon.Request) -> Claims:
-        """Return the verified claims of the request's user access token."""
-        token = bearer_token(req, "user access token")
-        if self._jwk_source is None:
-            raise InvalidToken("user tokens are not configured")
-        try:
-            key = self._jwk_source.get_signing_key_from_jwt(token)
-            if key.algorithm_name not in self._config.user_algorithms:
-                raise InvalidToken("user token algorithm is not allowed")
-            claims: Claims = jwt.decode(
-                token,
-                key,
-                algorithms=[key.algorithm_name],
-                issuer=self._config.user_issuer,
-                audience=self._config.user_audience,
-                leeway=self._config.token_leeway_s,
-                options={"require": ["sub", "exp", "iss", "aud"]},
-            )
-        except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as exc:
-            raise InvalidToken(f"user token is invalid: {exc}") from None
-        return claims
+    def anonymous(self) -> bool:
+        """Whether starts take the body's userId on trust."""
+        return self.modes == (ANONYMOUS,)
 
     def limits(self, claims: Claims | None = None) -> Limits:
         """Return the limits for a user: from the token's limit claim, else its plan, else the defaults."""
@@ -70,62 +56,100 @@ class Identity:
             return self._default_limits
         config = self._config
         plan = claims.get(config.plan_claim)
-        plan = plan if isinstance(plan, str) else None
+        plan = plan if isinstance(plan, str) else ""
         limit = claims.get(config.limit_claim)
         if not (type(limit) is int and limit > 0):
-            limit = config.plan_limits.get(plan, config.max_streams) if plan else config.max_streams
+            limit = config.plan_limits.get(plan, config.max_streams)
         behaviour = claims.get(config.behaviour_claim)
         if behaviour not in AT_LIMIT_CHOICES:
-            behaviour = config.plan_at_limit.get(plan, config.at_limit) if plan else config.at_limit
+            behaviour = config.plan_at_limit.get(plan, config.at_limit)
         return Limits(limit, config.stream_limit, behaviour == "evict-oldest")
 
-    def start_user(self, req: falcon.Request, body_user: str | None) -> tuple[str, Limits]:
-        """Return (user, limits) for a start: from the verified token when required, else the body."""
-        if not self.required:
+    def start_user(self, authorization: str | None, body_user: str | None) -> tuple[str, Limits, Caller]:
+        """Return (user, limits, caller) for a start, by the credential in the Authorization header."""
+        scheme, credential = _split(authorization)
+        if scheme == "basic":
+            name = self._trusted_caller(credential)
             if body_user is None:
-                raise BadRequest("field 'userId' is required", field="userId")
-            return body_user, self.limits()
-        claims = self.user_claims(req)
-        longest = self._config.max_id_chars
-        if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= longest:
-            raise InvalidToken(f"user token 'sub' must be a user id of at most {longest} characters")
-        if body_user is not None and body_user != claims["sub"]:
-            raise Forbidden("userId does not match the user token", field="userId")
-        return claims["sub"], self.limits(claims)
+                raise BadRequest("field 'userId' is required of a trusted caller", field="userId")
+            return body_user, self.limits(), Caller(name, vouched=True)
+        if scheme == "bearer" and self._user_tokens:
+            claims = self._user_tokens.verify(credential)
+            if body_user is not None and body_user != claims["sub"]:
+                raise Forbidden("userId does not match the user token", field="userId")
+            return claims["sub"], self.limits(claims), Caller(USER, vouched=True)
+        if not self.anonymous:
+            raise self._missing("a user access token or a trusted caller's credential")
+        if scheme:
+            raise InvalidToken("this service takes no credentials (anonymous mode); send none")
+        if body_user is None:
+            raise BadRequest("field 'userId' is required", field="userId")
+        return body_user, self._default_limits, Caller(ANONYMOUS, vouched=False)
 
-    def authorize_owner(self, req: falcon.Request, user: str) -> None:
-        """Allow the user themself (verified user token) or an operator with the admin secret."""
-        if not (self._config.admin_token or self.required):
-            raise Forbidden("session management is not enabled: configure an admin token or user tokens")
-        token = bearer_token(req, "admin secret or user access token")
-        if self._config.admin_token and hmac.compare_digest(
-            token.encode(), self._config.admin_token.encode()
-        ):
-            return
-        if not self.required:
+    def authorize_owner(self, authorization: str | None, user: str) -> Caller:
+        """Allow the user themself (user token), a trusted caller, or an operator with the admin secret."""
+        if not (self._config.admin_token or self._user_tokens or self._callers):
+            raise Forbidden("session management is not enabled: configure an admin token or authentication")
+        scheme, credential = _split(authorization)
+        if scheme == "basic":
+            return Caller(self._trusted_caller(credential), vouched=True)
+        if scheme != "bearer":
+            raise self._missing("an admin secret, a user access token or a trusted caller's credential")
+        if self._config.admin_token and _same(credential, self._config.admin_token):
+            return Caller(ADMIN, vouched=True)
+        if not self._user_tokens:
             raise InvalidToken("admin secret is wrong")
-        if self.user_claims(req)["sub"] != user:
+        if self._user_tokens.verify(credential)["sub"] != user:
             raise Forbidden("a user may only manage their own sessions")
+        return Caller(USER, vouched=True)
+
+    def _trusted_caller(self, credential: str) -> str:
+        if self._callers is None:
+            raise InvalidCredentials("trusted callers are not configured on this service")
+        return self._callers.authenticate(credential)
+
+    def _missing(self, what: str) -> Exception:
+        if self._user_tokens or self._config.admin_token:
+            return InvalidToken(f"Authorization: Bearer <token> is required: {what}")
+        return InvalidCredentials(f"Authorization: Basic <name:secret> is required: {what}")
 
 
-def _jwk_source(source: str) -> JwkSource | None:
-    """Return a cached JWKS URL client or a fixed file; None when user tokens are not configured."""
-    if not source:
-        return None
-    if source.startswith(("https://", "http://")):
-        return jwt.PyJWKClient(source, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=JWKS_FETCH_TIMEOUT_S)
-    with open(source, encoding="utf-8") as file:
-        return _FileJwks(json.load(file))
+class _Credentials:
+    """Trusted callers' secrets, by name (two per name while one is rotated), compared in constant time."""
+
+    def __init__(self, callers: tuple[tuple[str, str], ...]) -> None:
+        self._digests: dict[str, list[bytes]] = collections.defaultdict(list)
+        for name, secret in callers:
+            self._digests[name].append(_digest(secret))
+
+    def authenticate(self, credential: str) -> str:
+        """Return the caller's name for a valid `base64(name:secret)`; raise InvalidCredentials otherwise."""
+        try:
+            name, sep, secret = base64.b64decode(credential, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidCredentials("Basic credential is not base64 of name:secret") from None
+        given = _digest(secret)
+        # Every stored digest of the name is compared, so the time taken says nothing about which matched.
+        matched = [hmac.compare_digest(given, digest) for digest in self._digests.get(name, ())]
+        if not (sep and any(matched)):
+            raise InvalidCredentials("trusted caller credential is wrong")
+        return name
 
 
-class _FileJwks:
-    """A JWKS read from a file once; PyJWKClient's interface, without the network."""
+def _split(authorization: str | None) -> tuple[str, str]:
+    """Return (scheme in lower case, credential) of an Authorization header; ('', '') when absent."""
+    if not authorization:
+        return "", ""
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() not in ("bearer", "basic") or not credential.strip():
+        raise InvalidToken("Authorization header must be 'Bearer <token>' or 'Basic <credential>'")
+    return scheme.lower(), credential.strip()
 
-    def __init__(self, document: dict[str, Any]) -> None:
-        self._keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(document).keys}
 
-    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
-        kid = jwt.get_unverified_header(token).get("kid")
-        if kid not in self._keys:
-            raise jwt.PyJWKClientError(f"no key with kid {kid!r}")
-        return self._keys[kid]
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _same(given: str, secret: str) -> bool:
+    """Compare secrets in constant time, whatever their lengths."""
+    return hmac.compare_digest(_digest(given), _digest(secret))

@@ -43,11 +43,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._callers = Counter(
+            "concurrency_caller_requests",
+            "Starts and session-management requests by authenticated caller (its configured name, user,"
+            " admin or anonymous) and operation.",
+            ["caller", "operation"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, str], tuple[Counter | None, Histogram]] = {}
 
     def count(self, event: str, n: int = 1) -> None:
         if n:
             self._events.labels(event).inc(n)
+
+    def count_caller(self, caller: str, route: str, method: str) -> None:
+        self._callers.labels(caller, OPERATIONS.get((route, method), "manage")).inc()
 
     def observe(self, route: str, method: str, outcome: str, seconds: float) -> None:
         # Children by label values, resolved once: `labels()` costs a lock and a tuple per call.

@@ -51,20 +51,20 @@ class Observe:
         if method == "DELETE" and resp.status_code == 204:
             outcome = "stopped"
         self._metrics.observe(route, method, str(outcome), seconds)
+        caller = getattr(req.context, "caller", None)  # set once a credential was checked
+        if caller:
+            self._metrics.count_caller(caller, route, method)
         if self._access_log:
-            self._access_log.info(
-                "%s %s %s",
-                req.method,
-                req.path,
-                resp.status_code,
-                extra={"route": route, "status": resp.status_code, "duration_ms": round(seconds * 1000, 3)},
-            )
+            extra = {"route": route, "status": resp.status_code, "duration_ms": round(seconds * 1000, 3)}
+            if caller:
+                extra["caller"] = caller
+            self._access_log.info("%s %s %s", req.method, req.path, resp.status_code, extra=extra)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request id of the request being served."""
 
-    _EXTRA = ("route", "status", "duration_ms", "event", "sid", "user")
+    _EXTRA = ("route", "status", "duration_ms", "caller", "event", "sid", "user")
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {

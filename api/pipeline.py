@@ -89,6 +89,10 @@ class Pipeline:
             raise call.error
         return call.reply
 
+    def close(self) -> None:
+        """Close the connection; a later call opens a new one."""
+        self._connection.disconnect()
+
     def _paused(self) -> bool:
         return time.monotonic() < self._down_until
 

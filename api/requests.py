@@ -57,9 +57,8 @@ def require_strings(
     return values
 
 
-def bearer_token(req: falcon.Request, what: str = "session token") -> str:
+def bearer_token(header: str | None, what: str = "session token") -> str:
     """Return the token of an `Authorization: Bearer` header."""
-    header = req.get_header("Authorization")
     if not header:
         raise InvalidToken(f"Authorization: Bearer <{what}> is required")
     scheme, _, token = header.partition(" ")

@@ -5,14 +5,15 @@ import falcon
 from keys.keyring import Keyring
 
 from .concurrency import Concurrency
-from .config import Config
+from .config import MAX_TOKEN_CHARS, Config
 from .errors import BadRequest, NotFound
 from .identity import Identity
 from .requests import bearer_token, read_json, require_strings
 from .responses import legacy_body, listing_body, session_body
 from .sessions import Grant
 from .store import RedisStore
-from .tokens import MAX_TOKEN_CHARS
+
+OPTIONAL_START_FIELDS = ("userId", "token")  # userId: required unless a user token names the user
 
 
 class Starts:
@@ -23,13 +24,16 @@ class Starts:
         self._identity = identity
         self._max_body_bytes = config.max_body_bytes
         self._fields = dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
+        self._fields["token"] = MAX_TOKEN_CHARS
 
     def __call__(self, req: falcon.Request) -> Grant:
-        body = read_json(req, self._max_body_bytes)
-        optional = ("userId",) if self._identity.required else ()
-        fields = require_strings(body, self._fields, optional=optional)
-        user, limits = self._identity.start_user(req, fields.get("userId"))
-        return self._concurrency.start(user, fields["deviceId"], fields["streamId"], limits)
+        fields = require_strings(read_json(req, self._max_body_bytes), self._fields, OPTIONAL_START_FIELDS)
+        user, limits, caller = self._identity.start_user(
+            req.get_header("Authorization"), fields.get("userId")
+        )
+        req.context.caller = caller.name
+        device, stream = fields["deviceId"], fields["streamId"]
+        return self._concurrency.start(user, device, stream, limits, caller.vouched, fields.get("token"))
 
 
 class LegacyConcurrency:
@@ -81,11 +85,11 @@ class SessionItem:
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
         _check_id("sessionId", session_id, self._max_id_chars)
-        resp.media = session_body(self._concurrency.heartbeat(bearer_token(req), session_id))
+        resp.media = session_body(self._concurrency.heartbeat(_session_token(req), session_id))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
         _check_id("sessionId", session_id, self._max_id_chars)
-        self._concurrency.stop(bearer_token(req), session_id)
+        self._concurrency.stop(_session_token(req), session_id)
         resp.status = falcon.HTTP_204
 
 
@@ -118,7 +122,7 @@ class UserSessions:
 
     def _authorize(self, req: falcon.Request, user_id: str) -> None:
         _check_id("userId", user_id, self._max_id_chars)
-        self._identity.authorize_owner(req, user_id)
+        req.context.caller = self._identity.authorize_owner(req.get_header("Authorization"), user_id).name
 
 
 class Jwks:
@@ -147,11 +151,12 @@ class Health:
 
 
 class Ready:
-    """`/readyz`: Redis answers and a signing key is loaded."""
+    """`/readyz`: Redis answers and a signing key is loaded; and who may act for a user here."""
 
-    def __init__(self, store: RedisStore, keyring: Keyring) -> None:
+    def __init__(self, store: RedisStore, keyring: Keyring, caller_modes: tuple[str, ...]) -> None:
         self._store = store
         self._keyring = keyring
+        self._caller_modes = caller_modes
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks = {
@@ -160,7 +165,11 @@ class Ready:
         }
         ready = all(checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
-        resp.media = {"status": "ready" if ready else "not ready", "checks": checks}
+        resp.media = {
+            "status": "ready" if ready else "not ready",
+            "checks": checks,
+            "callers": list(self._caller_modes),
+        }
 
 
 class OpenApi:
@@ -172,6 +181,10 @@ class OpenApi:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "application/yaml"
         resp.data = self._document
+
+
+def _session_token(req: falcon.Request) -> str:
+    return bearer_token(req.get_header("Authorization"))
 
 
 def _check_id(name: str, value: str, max_chars: int) -> None:

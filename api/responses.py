@@ -12,7 +12,7 @@ import falcon
 
 from keys.errors import InvalidJws, NoSigningKey
 
-from .errors import InvalidToken, LimitReached, ServiceError, StoreUnavailable
+from .errors import InvalidCredentials, InvalidToken, LimitReached, ServiceError, StoreUnavailable
 from .sessions import Grant, Session
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def add_error_handlers(app: falcon.App, retry_after_s: int) -> None:
         resp.media = error_body(exc)
         if isinstance(exc, InvalidToken):
             _challenge(resp, exc.message)
+        elif isinstance(exc, InvalidCredentials):
+            resp.set_header("WWW-Authenticate", 'Basic realm="trusted callers", charset="UTF-8"')
         elif isinstance(exc, StoreUnavailable):
             resp.set_header("Retry-After", str(retry_after_s))
 
@@ -56,13 +58,16 @@ def add_error_handlers(app: falcon.App, retry_after_s: int) -> None:
 def error_body(exc: ServiceError) -> dict[str, Any]:
     """Return `{"error", "message", ...details}`; a limit refusal names the limit and lists its holders."""
     if isinstance(exc, LimitReached):
-        return {
+        body = {
             "error": exc.code,
             "message": _LIMIT_MESSAGES[exc.scope].format(limit=exc.limit),
             "limit": exc.limit,
             "scope": exc.scope,
-            "sessions": [_holder(s) for s in exc.holders],
+            "active": len(exc.holders),
         }
+        if exc.visible:
+            body["sessions"] = [_holder(s) for s in exc.holders]
+        return body
     return {"error": exc.code, "message": exc.message, **exc.details}
 
 

@@ -5,8 +5,8 @@ import secrets
 
 
 def new_session_id() -> str:
-    """Return 96 random bits, url-safe: unguessable and short enough to keep Redis small."""
-    return secrets.token_urlsafe(12)
+    """Return 72 random bits, url-safe: unguessable and short enough to keep Redis small."""
+    return secrets.token_urlsafe(9)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The Redis session store: admit, refresh and release sessions, one script call each."""
 
+import base64
 import functools
 import hashlib
 import logging
@@ -11,6 +12,7 @@ import redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import lua
+from .lua import EPOCH_MS
 from .cluster import LazyCluster
 from .errors import LimitReached, SessionGone, StoreUnavailable
 from .pipeline import FastScript, Pipeline
@@ -19,7 +21,15 @@ from .sessions import Admission, Limits, Session, new_session_id
 log = logging.getLogger(__name__)
 
 Script = Callable[..., Any]  # called as script(keys=[...], args=[...])
+RENEW_SAME, RENEW_NONE = "*", ""
 _REFUSALS = {"limit": "account", "stream_limit": "stream"}
+KEY_PREFIX = "c:"  # short: a key of at most 14 bytes takes 8 bytes less of Redis's memory
+
+
+def user_key(user: str) -> str:
+    """Return the Redis hash of `user`'s sessions: 72 bits of BLAKE2b, so no id can pick or share a key."""
+    digest = hashlib.blake2b(user.encode(), digest_size=9, person=b"concurrency").digest()
+    return KEY_PREFIX + base64.urlsafe_b64encode(digest).decode()
 
 
 def escape(value: str) -> str:
@@ -32,17 +42,15 @@ def unescape(value: str) -> str:
 
 
 class RedisStore:
-    """Sessions of all users in Redis hashes, one bucket per group of users."""
+    """The sessions of each user in a Redis hash of their own."""
 
     def __init__(
         self,
         client: redis.Redis | LazyCluster,
-        buckets: int,
         new_sid: Callable[[], str] = new_session_id,
         timeout_s: float = 0.25,
     ) -> None:
         self._client = client
-        self._buckets = buckets
         self._new_sid = new_sid
         self._timeout_ms = int(timeout_s * 1000)
         self._server_offset_ms: int | None = None  # Redis clock minus this process's monotonic clock
@@ -71,20 +79,25 @@ class RedisStore:
             return 0
         return time.monotonic_ns() // 1_000_000 + self._server_offset_ms + self._timeout_ms
 
-    def bucket_key(self, user: str) -> str:
-        """Return the hash holding `user`'s sessions; its tag is a hash, so ids never pick a slot."""
-        digest = hashlib.blake2b(user.encode(), digest_size=8).digest()
-        return "cs:{%x}" % (int.from_bytes(digest, "big") % self._buckets)
-
     def admit(
-        self, user: str, device: str, stream: str, limits: Limits, ttl_ms: int, tombstone_ms: int
+        self,
+        user: str,
+        device: str,
+        stream: str,
+        limits: Limits,
+        ttl_ms: int,
+        tombstone_ms: int,
+        renew: str = RENEW_SAME,
     ) -> Admission:
-        """Start a session or renew the same user+device+stream; at a limit evict or raise LimitReached."""
+        """Start a session, or renew one of the same device and stream; at a limit evict or refuse.
+
+        `renew` says which may be renewed: RENEW_SAME (the caller speaks for the user), a sid (the caller
+        showed that session's token) or RENEW_NONE (anyone could be asking: always a new session)."""
         evict = "1" if limits.evict_oldest else "0"
-        args: tuple[object, ...] = (escape(user), escape(device), escape(stream), self._new_sid(), ttl_ms)
-        args += (limits.limit, limits.stream_limit, evict, tombstone_ms, self._deadline_ms())
+        args: tuple[object, ...] = (escape(device), escape(stream), self._new_sid(), ttl_ms, limits.limit)
+        args += (limits.stream_limit, evict, tombstone_ms, self._deadline_ms(), renew)
         reply = self._call(self._admit, user, args)
-        status, now_ms = reply[0].decode(), int(reply[1])
+        status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)
         if status == "late":
             raise StoreUnavailable("session store answered too late; retry shortly")
@@ -101,10 +114,10 @@ class RedisStore:
         """Extend a live session, or resume a lost one; raise SessionGone(reason) if it ended.
 
         Return (status, server ms) with status "updated" or "resumed"."""
-        args: tuple[object, ...] = (session.sid, escape(session.user), ttl_ms, token_exp_ms, limit)
-        args += (escape(session.device), escape(session.stream), stream_limit)
+        args: tuple[object, ...] = (session.sid, ttl_ms, token_exp_ms, limit, escape(session.device))
+        args += (escape(session.stream), stream_limit)
         reply = self._call(self._refresh, session.user, args)
-        status, now_ms = reply[0].decode(), int(reply[1])
+        status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)
         if status == "gone":
             raise SessionGone(reply[2].decode())
@@ -112,18 +125,17 @@ class RedisStore:
 
     def release(self, session: Session, tombstone_ms: int) -> bool:
         """End a session at once; return whether it was live."""
-        args = (session.sid, escape(session.user), tombstone_ms)
-        return bool(self._call(self._release, session.user, args))
+        return bool(self._call(self._release, session.user, (session.sid, tombstone_ms)))
 
     def kick(self, user: str, sid: str | None, tombstone_ms: int) -> list[str]:
         """End one session of `user` (or all when `sid` is None); return the sids ended."""
-        reply = self._call(self._kick, user, (escape(user), sid or "", tombstone_ms))
+        reply = self._call(self._kick, user, (sid or "", tombstone_ms))
         return [sid.decode() for sid in reply]
 
     def sessions(self, user: str) -> tuple[int, list[Session]]:
         """Return (server ms, the live sessions of `user`, oldest first)."""
-        reply = self._call(self._list, user, (escape(user),))
-        return int(reply[0]), _sessions(user, reply[1:])
+        reply = self._call(self._list, user, ())
+        return int(reply[0]) + EPOCH_MS, _sessions(user, reply[1:])
 
     def ping(self) -> bool:
         """Whether Redis answers, through the same gate as the scripts."""
@@ -134,9 +146,14 @@ class RedisStore:
         except (RedisError, RedisClusterException):
             return False
 
+    def close(self) -> None:
+        """Close this store's own connection (the client's pool is the caller's to close)."""
+        if self._pipeline:
+            self._pipeline.close()
+
     def _call(self, script: Script, user: str, args: Sequence[object]) -> Any:
         try:
-            return script(keys=[self.bucket_key(user)], args=args)
+            return script(keys=[user_key(user)], args=args)
         except (RedisError, RedisClusterException) as exc:
             log.warning("redis unavailable: %s", exc)
             raise StoreUnavailable() from None
@@ -150,8 +167,8 @@ def _sessions(user: str, flat: Sequence[bytes]) -> list[Session]:
             flat[i].decode(),
             unescape(flat[i + 3].decode()),
             unescape(flat[i + 4].decode()),
-            started_ms=int(flat[i + 1], 36),
-            expires_ms=int(flat[i + 2], 36),
+            started_ms=int(flat[i + 1], 36) + EPOCH_MS,
+            expires_ms=int(flat[i + 2], 36) + EPOCH_MS,
         )
         for i in range(0, len(flat), 5)
     ]

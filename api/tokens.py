@@ -17,12 +17,12 @@ from keys import jws
 from keys.errors import NoSigningKey
 from keys.keyring import Keyring
 
+from .config import MAX_TOKEN_CHARS
 from .errors import InvalidToken, TokenExpired
 from .sessions import Session
 
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "sid", "iat", "exp", "jti", "device", "stream")
 STRING_CLAIMS = ("sub", "sid", "jti", "device", "stream")
-MAX_TOKEN_CHARS = 4096
 ISSUED_CACHE_SIZE = 32768
 
 Claims = dict[str, Any]

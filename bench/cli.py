@@ -35,9 +35,9 @@ def parse_args(argv=None):
     option("--warmup", type=int, default=DEFAULTS.warmup_s, help="seconds of starts first (%(default)s)")
     option(
         "--memory-sessions",
-        type=int,
+        type=_counts,
         default=DEFAULTS.memory_sessions,
-        help="sessions for the Redis memory figure (%(default)s); 0 skips it",
+        help="comma-separated counts of sessions for the Redis memory figures (10000,100000); 0 skips them",
     )
     option(
         "--crypto-iterations",
@@ -65,7 +65,7 @@ def parse_args(argv=None):
         warmup_s=max(0, args.warmup),
         pin=args.workers == 1 if args.pin is None else args.pin,
         paced=args.paced,
-        memory_sessions=max(0, args.memory_sessions),
+        memory_sessions=tuple(n for n in args.memory_sessions if n > 0),
         crypto_iterations=max(10, args.crypto_iterations),
     ), args.json
 
@@ -96,3 +96,10 @@ def main(argv=None):
     result["targets"] = [{"name": n, "value": v, "met": met} for n, v, met in report.targets(result)]
     print(json.dumps(result, indent=2) if as_json else report.table(result))
     return 0
+
+
+def _counts(text):
+    try:
+        return tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts") from None

@@ -10,8 +10,6 @@ import subprocess
 import sys
 import tempfile
 
-from api.config import Config
-
 from . import crypto, memory, roundtrips, wrk
 from .processes import BenchError, redis_server, service
 from .sessions import SessionPool
@@ -33,7 +31,7 @@ class Options:
     warmup_s: int = 2
     pin: bool = True
     paced: float = 0.5  # the paced run's share of the saturated rate; 0 skips it
-    memory_sessions: int = 100_000
+    memory_sessions: tuple[int, ...] = (10_000, 100_000)
     crypto_iterations: int = 20_000
 
 
@@ -79,9 +77,9 @@ def run(options, log):
                     if op in options.ops:
                         result["ops"][op] = bench.measure(op, result["crypto"]["floor_per_s"])
         if options.memory_sessions:
-            log(f"loading {options.memory_sessions} sessions into Redis, each model in a fresh redis-server")
-            buckets = Config.from_env(env).buckets
-            result["memory"] = memory.measure(workdir, options.memory_sessions, buckets, load_cpus)
+            counts = " and ".join(f"{n:,}" for n in options.memory_sessions)
+            log(f"loading {counts} sessions into Redis, each model in a fresh redis-server")
+            result["memory"] = memory.measure(workdir, options.memory_sessions, load_cpus)
     result["machine"]["loadavg_after"] = list(os.getloadavg())
     return result
 

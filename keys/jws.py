@@ -21,7 +21,8 @@ from .records import ALGORITHMS
 TOKEN_TYPE = "session+jwt"  # the `typ` of every token we sign (RFC 8725 section 3.11)
 HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # made once, as json.dumps(..., separators) is not
+# Made once, as json.dumps(..., separators) is not; UTF-8 as is, so ids of any script stay compact.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 

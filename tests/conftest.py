@@ -11,6 +11,7 @@ import pytest
 import redis
 from cluster import Inspector, LoopbackCluster
 from idp import IdentityProvider
+from players import CALLER_NAME, CALLER_SECRET
 from processes import TEST_TTL_S, RedisServer, ServerProcess
 
 from api.app import create_app
@@ -19,8 +20,6 @@ from api.connection import connect
 from api.store import RedisStore
 from keys.keyring import Keyring
 from keys.store import KeyStore
-
-BUCKETS = 64
 
 
 def pytest_generate_tests(metafunc):
@@ -70,7 +69,7 @@ def inspector(cluster):
 def cluster_store(cluster):
     """The store as the service makes it in cluster mode: through `connect`."""
     client = connect(Config(redis_mode="cluster", redis_url=cluster.url))
-    yield RedisStore(client, buckets=BUCKETS)
+    yield RedisStore(client)
     client.close()
 
 
@@ -98,10 +97,24 @@ def any_redis(backend, request):
     return request.getfixturevalue("fake_redis" if backend == "fakeredis" else "real_redis")
 
 
+@pytest.fixture
+def make_store():
+    """Return make(client, **options): a RedisStore over `client`, closed when the test ends."""
+    made = []
+
+    def make(client, **options):
+        made.append(RedisStore(client, **options))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
 def _store(client, backend, request):
     if backend == "cluster":
         return request.getfixturevalue("cluster_store")
-    return RedisStore(client, buckets=BUCKETS)
+    return request.getfixturevalue("make_store")(client)
 
 
 @pytest.fixture
@@ -130,18 +143,22 @@ def keyring(keys_dir):
 
 @pytest.fixture
 def config(keys_dir):
-    return Config(keys_dir=keys_dir, session_ttl_s=TEST_TTL_S, buckets=BUCKETS)
+    return Config(keys_dir=keys_dir, session_ttl_s=TEST_TTL_S)
 
 
 @pytest.fixture
 def make_client():
     """Return make(config, redis client, keyring): the app over that client, in falcon's TestClient."""
 
-    def make(config, redis_client, keyring):
-        store = RedisStore(redis_client, config.buckets)
-        return falcon.testing.TestClient(create_app(config, store, keyring))
+    stores = []
 
-    return make
+    def make(config, redis_client, keyring):
+        stores.append(RedisStore(redis_client))
+        return falcon.testing.TestClient(create_app(config, stores[-1], keyring))
+
+    yield make
+    for store in stores:
+        store.close()
 
 
 @pytest.fixture
@@ -156,14 +173,26 @@ def real_client(config, real_redis, keyring, make_client):
     return make_client(config, real_redis, keyring)
 
 
-@pytest.fixture(scope="session")
-def server(backend, keys_dir, request):
-    """The real service, two workers, over the backend's Redis."""
+def _server(backend, keys_dir, request, **env):
     if backend == "cluster":
         url, mode = request.getfixturevalue("cluster").url, "cluster"
     else:
         url, mode = request.getfixturevalue("redis_server").url, "standalone"
-    process = ServerProcess(url, keys_dir, redis_mode=mode, session_ttl_s=TEST_TTL_S)
+    return ServerProcess(url, keys_dir, redis_mode=mode, session_ttl_s=TEST_TTL_S, **env)
+
+
+@pytest.fixture(scope="session")
+def server(backend, keys_dir, request):
+    """The real service, two workers, over the backend's Redis; anonymous, as in development."""
+    process = _server(backend, keys_dir, request)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def trusted_server(backend, keys_dir, request):
+    """The real service in trusted-caller mode: one caller, players.CALLER."""
+    process = _server(backend, keys_dir, request, callers=f"{CALLER_NAME}:{CALLER_SECRET}")
     yield process
     process.stop()
 

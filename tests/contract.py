@@ -16,6 +16,7 @@ import jwt
 import referencing
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
+from layout import user_key
 from referencing.jsonschema import DRAFT202012
 
 from api.app import create_app
@@ -33,6 +34,7 @@ START = {"userId": "ann", "deviceId": "tv", "streamId": "film"}
 # The statuses of /concurrency in the seed's Swagger (seed/service.yml), less its 500.
 SEED_STATUSES = {"post": {200, 400, 403}, "put": {200, 400}, "delete": {204, 400}}
 ADMIN_SECRET = "s3cret"
+CALLER_SECRET = "playback-api-" + "s" * 12
 IDP_ISSUER = "https://idp.example"
 IDP_AUDIENCE = "concurrency"
 IDP_KID = "idp-key-1"
@@ -197,9 +199,16 @@ class Api:
     def with_config(self, **changes):
         """Return a client over the same Redis with some settings changed."""
         config = dataclasses.replace(self.config, **changes)
-        return falcon.testing.TestClient(
-            create_app(config, RedisStore(self.redis, config.buckets), self.keyring)
-        )
+        return falcon.testing.TestClient(create_app(config, RedisStore(self.redis), self.keyring))
+
+    def with_callers(self, **changes):
+        """Return a client that takes the trusted caller `playback-api`."""
+        return self.with_config(callers=(("playback-api", CALLER_SECRET),), **changes)
+
+    def caller(self, secret=None):
+        """Return the Authorization header of the trusted caller."""
+        credential = base64.b64encode(f"playback-api:{secret or CALLER_SECRET}".encode()).decode()
+        return {"Authorization": f"Basic {credential}"}
 
     def admin(self, **changes):
         """Return a client whose session-management routes take the admin secret."""
@@ -231,12 +240,12 @@ class Api:
         config = dataclasses.replace(
             self.config, redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_s=0.1, **changes
         )
-        store = RedisStore(connect(config), config.buckets)
+        store = RedisStore(connect(config))
         return falcon.testing.TestClient(create_app(config, store, self.keyring))
 
     def lose(self, sid, user="ann"):
         """Drop a session's Redis entry, as a failover or flush would."""
-        assert self.redis.hdel(RedisStore(self.redis, self.config.buckets).bucket_key(user), sid) == 1
+        assert self.redis.hdel(user_key(user), sid) == 1
 
     def token(self, sid, now_s, keyring=None, user="ann"):
         """Sign a token for session `sid` as of `now_s`, with this app's or another keyring."""

@@ -1,12 +1,15 @@
-"""The one decoder of the Redis layout (api/lua.py) for tests: what Redis holds, read back directly."""
+"""The one decoder of the Redis layout (api/lua.py) for tests: what Redis holds, read back directly.
+
+A user's sessions live under `user_key(user)`: entries name that key, not the user (it is not stored)."""
 
 import collections
 
-from api.store import unescape
+from api.lua import EPOCH_MS
+from api.store import KEY_PREFIX, unescape, user_key
 
-SESSION_KEYS = "cs:*"
+SESSION_KEYS = f"{KEY_PREFIX}*"
 
-Entry = collections.namedtuple("Entry", "user device stream expires_ms")
+Entry = collections.namedtuple("Entry", "key device stream expires_ms")
 
 
 def redis_now_ms(client):
@@ -17,18 +20,18 @@ def redis_now_ms(client):
 def _fields(client):
     for key in client.scan_iter(match=SESSION_KEYS):
         for sid, value in client.hgetall(key).items():
-            yield sid.decode(), value.decode()
+            yield key.decode(), sid.decode(), value.decode()
 
 
 def stored_sessions(client, live_only=False):
     """Return {sid: Entry} of every stored session; with `live_only`, only those not yet expired."""
     now_ms = redis_now_ms(client)
     found = {}
-    for sid, value in _fields(client):
+    for key, sid, value in _fields(client):
         if value.startswith("~"):  # the tombstone of an ended session
             continue
-        expires, _started, user, device, stream = value.split("|")
-        entry = Entry(unescape(user), unescape(device), unescape(stream), int(expires, 36))
+        device, _, stream = value[16:].partition("|")
+        entry = Entry(key, unescape(device), unescape(stream), int(value[:8], 36) + EPOCH_MS)
         if not live_only or entry.expires_ms > now_ms:
             found[sid] = entry
     return found
@@ -38,20 +41,18 @@ def tombstones(client):
     """Return {sid: reason} of the ended sessions whose tombstones have not expired."""
     now_ms = redis_now_ms(client)
     found = {}
-    for sid, value in _fields(client):
-        if value.startswith("~"):
-            until, _, reason = value[1:].partition("|")
-            if int(until, 36) > now_ms:
-                found[sid] = reason
+    for _key, sid, value in _fields(client):
+        if value.startswith("~") and int(value[1:9], 36) + EPOCH_MS > now_ms:
+            found[sid] = value[9:]
     return found
 
 
 def live_sessions(client, user=None):
-    """Return {sid: (user, device, stream)} of the live sessions (of `user`, if given)."""
+    """Return {sid: (user_key(user), device, stream)} of the live sessions (of `user`, if given)."""
     return {
-        sid: (e.user, e.device, e.stream)
+        sid: (e.key, e.device, e.stream)
         for sid, e in stored_sessions(client, live_only=True).items()
-        if user is None or e.user == user
+        if user is None or e.key == user_key(user)
     }
 
 

@@ -1,5 +1,6 @@
 """What players and operators do over HTTP, and how tests read the answers: shared by every HTTP test."""
 
+import base64
 import collections
 import json
 import uuid
@@ -19,6 +20,15 @@ def new_user(prefix="user"):
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
+
+
+def basic(name, secret):
+    """Return the Authorization header of a trusted caller's credential."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()}
+
+
+CALLER_NAME, CALLER_SECRET = "playback-api", "playback-api-secret-" + "s" * 8
+CALLER = basic(CALLER_NAME, CALLER_SECRET)  # the trusted caller of the `trusted_server` fixture
 
 
 # --- the native API -------------------------------------------------------------------------------
@@ -52,8 +62,8 @@ def stop(server, sid, token):
 # --- the seed's /concurrency ----------------------------------------------------------------------
 
 
-def legacy_start(server, user, device, stream="stream-1", path="/concurrency"):
-    return server.request("POST", path, {"userId": user, "deviceId": device, "streamId": stream})
+def legacy_start(server, user, device, stream="stream-1", path="/concurrency", headers=None):
+    return server.request("POST", path, {"userId": user, "deviceId": device, "streamId": stream}, headers)
 
 
 def legacy_started(server, user, device, stream="stream-1"):

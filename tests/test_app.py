@@ -1,5 +1,6 @@
 """The app factory and the contract through falcon's TestClient over fakeredis."""
 
+import base64
 import dataclasses
 import re
 
@@ -9,6 +10,7 @@ import jwt
 import pytest
 import redis
 import yaml
+from layout import redis_state
 
 from api.app import OPENAPI_PATH, create_app, get_app
 from api.config import Config, ConfigError
@@ -140,13 +142,33 @@ def test_start_heartbeat_stop(client, keyring):
     assert gone.json["error"] == "session_gone"
 
 
-def test_limit_lists_the_holders(client, config):
+def test_limit_tells_an_anonymous_caller_how_many_play_not_which(client, config):
     for i in range(config.max_streams):
         assert start(client, deviceId=f"d{i}").status_code == 200
     refused = start(client, deviceId="one-too-many")
     assert refused.status_code == 403
     assert refused.json["error"] == "limit_reached"
+    assert refused.json["active"] == config.max_streams == refused.json["limit"]
+    assert "sessions" not in refused.json
+
+
+def test_limit_lists_the_holders_to_a_trusted_caller(config, fake_redis, keyring, make_client):
+    secret = "trusted-" + "s" * 16
+    client = make_client(
+        dataclasses.replace(config, callers=(("playback-api", secret),)), fake_redis, keyring
+    )
+    auth = {"Authorization": "Basic " + base64.b64encode(f"playback-api:{secret}".encode()).decode()}
+    for i in range(config.max_streams):
+        assert (
+            client.simulate_post(
+                "/concurrency", json={**START, "deviceId": f"d{i}"}, headers=auth
+            ).status_code
+            == 200
+        )
+    refused = client.simulate_post("/concurrency", json={**START, "deviceId": "one-too-many"}, headers=auth)
+    assert refused.status_code == 403
     assert sorted(s["deviceId"] for s in refused.json["sessions"]) == ["d0", "d1", "d2"]
+    assert client.simulate_post("/concurrency", json=START).status_code == 401  # no credential
 
 
 def test_native_routes(client):
@@ -154,7 +176,9 @@ def test_native_routes(client):
     assert created.status_code == 201
     sid, token = created.json["sessionId"], created.json["token"]
     assert created.headers["location"] == f"/v1/sessions/{sid}"
-    assert client.simulate_post("/v1/sessions", json=START).status_code == 200
+    renewed = client.simulate_post("/v1/sessions", json={**START, "token": token})  # shows the token: renews
+    assert (renewed.status_code, renewed.json["sessionId"]) == (200, sid)
+    token = renewed.json["token"]
 
     auth = {"Authorization": f"Bearer {token}"}
     beat = client.simulate_put(f"/v1/sessions/{sid}", headers=auth)
@@ -175,12 +199,12 @@ def test_native_heartbeat_needs_a_bearer_token(client, header):
 def test_token_of_another_session_is_refused(client, fake_redis):
     first = start(client, deviceId="a").json
     second = start(client, deviceId="b").json
-    before = fake_redis.hgetall(next(iter(fake_redis.keys("cs:*"))))
+    before = redis_state(fake_redis)
     answer = client.simulate_delete(
         "/concurrency", json={"sessionKey": second["sessionKey"], "token": first["token"]}
     )
     assert answer.status_code == 401
-    assert fake_redis.hgetall(next(iter(fake_redis.keys("cs:*")))) == before
+    assert redis_state(fake_redis) == before
 
 
 @pytest.mark.parametrize(
@@ -210,7 +234,7 @@ def test_malformed_bodies(client, fake_redis, raw):
 
 
 def test_large_body_is_413(client, fake_redis):
-    answer = client.simulate_post("/concurrency", json={**START, "userId": "u" * 5000})
+    answer = client.simulate_post("/concurrency", json={**START, "userId": "u" * 20_000})
     assert answer.status_code == 413
     assert fake_redis.dbsize() == 0
 
@@ -224,7 +248,7 @@ def test_unknown_route_and_method(client):
 
 
 def test_store_down_is_503_with_retry_after(config, keyring):
-    dead = RedisStore(redis.Redis(port=1, socket_connect_timeout=0.1), config.buckets)
+    dead = RedisStore(redis.Redis(port=1, socket_connect_timeout=0.1))
     client = falcon.testing.TestClient(create_app(config, dead, keyring))
     answer = start(client)
     assert answer.status_code == 503
@@ -241,7 +265,7 @@ def test_unexpected_errors_are_500_without_a_trace(config, keyring):
         def _boom(self, **kwargs):
             raise RuntimeError("secret internals")
 
-    client = falcon.testing.TestClient(create_app(config, RedisStore(Broken(), 8), keyring))
+    client = falcon.testing.TestClient(create_app(config, RedisStore(Broken()), keyring))
     answer = start(client)
     assert answer.status_code == 500
     assert answer.json["error"] == "internal_error"

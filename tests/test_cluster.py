@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-import redis
 from cluster import LoopbackCluster, cluster_ports
+from layout import SESSION_KEYS, user_key
 from players import assert_error, legacy_heartbeat, legacy_start, legacy_started, legacy_stop, new_user
 from processes import TEST_TTL_S, ServerProcess, wait_until
 
@@ -34,7 +34,7 @@ def holders(cluster, ports=None):
     found = {}
     for port in ports or cluster.masters:
         node = cluster.nodes[port]
-        for key in node.scan_iter(match="cs:*"):
+        for key in node.scan_iter(match=SESSION_KEYS):
             assert cluster.master_of(key) == port, (key, port)  # each key lives where its slot says
             found.update(dict.fromkeys((sid.decode() for sid in node.hkeys(key)), port))
     return found
@@ -75,7 +75,7 @@ def test_each_call_is_one_evalsha_on_one_node(cluster, store, real_redis):
     for node in cluster.nodes.values():
         node.config_resetstat()
     every_operation()
-    owner = cluster.master_of(store.bucket_key(user))
+    owner = cluster.master_of(user_key(user))
     assert script_calls(cluster) == {port: {"evalsha": 5} if port == owner else {} for port in cluster.ports}
 
 
@@ -83,7 +83,7 @@ def test_a_node_that_lost_its_scripts_loads_them_alone(cluster, store, real_redi
     """A restarted or promoted node has no scripts: EVAL loads them there, SCRIPT LOAD goes nowhere."""
     users = [f"flush-{i}" for i in range(12)]
     flushed = cluster.ports[1]
-    assert any(cluster.master_of(store.bucket_key(user)) == flushed for user in users)
+    assert any(cluster.master_of(user_key(user)) == flushed for user in users)
     for user in users:
         store.admit(user, "tv", "film", Limits(2), TTL_MS, TOMB_MS)
     cluster.nodes[flushed].script_flush()
@@ -195,10 +195,9 @@ def node_flags(cluster, port, seen_from):
 
 
 def users_on(cluster, port, count):
-    """Return `count` new user ids whose sessions the master on `port` holds (the service's bucket count)."""
-    key_of = RedisStore(redis.Redis(), Config().buckets).bucket_key
+    """Return `count` new user ids whose sessions the master on `port` holds."""
     users = (new_user("on") for _ in itertools.count())
-    return list(itertools.islice((u for u in users if cluster.master_of(key_of(u)) == port), count))
+    return list(itertools.islice((u for u in users if cluster.master_of(user_key(u)) == port), count))
 
 
 def test_a_hung_then_dead_master_fails_only_its_own_users(keys_dir, tmp_path):
@@ -239,10 +238,10 @@ def test_a_hung_then_dead_master_fails_only_its_own_users(keys_dir, tmp_path):
         # dead node's URL, nobody (hence: list several nodes, or a DNS name that follows the cluster).
         clients.append(connect(Config(redis_mode="cluster", redis_url=urls)))
         clients.append(connect(Config(redis_mode="cluster", redis_url=f"redis://127.0.0.1:{victim}")))
-        listed, only_dead = (RedisStore(client, buckets=64) for client in clients)
+        listed, only_dead = (RedisStore(client) for client in clients)
         for i in range(12):
             user = f"late-{i}"
-            if doomed.master_of(listed.bucket_key(user)) == victim:
+            if doomed.master_of(user_key(user)) == victim:
                 with pytest.raises(StoreUnavailable):
                     listed.admit(user, "tv", "film", Limits(1), TTL_MS, TOMB_MS)
             else:

@@ -9,7 +9,6 @@ import pytest
 from api.concurrency import Concurrency
 from api.errors import InvalidToken, SessionGone, StoreUnavailable
 from api.sessions import Admission, Limits, Session
-from api.store import RedisStore
 from api.tokens import SessionTokens
 
 LIMITS = Limits(3)
@@ -57,7 +56,7 @@ class Recording:
     def _now_ms(self):
         return int(self._clock() * 1000)
 
-    def admit(self, user, device, stream, limits, ttl_ms, tombstone_ms):
+    def admit(self, user, device, stream, limits, ttl_ms, tombstone_ms, renew="*"):
         self.calls.append(("admit", tombstone_ms))
         return Admission(Session(user, "sid-1", device, stream), "initiated", self._now_ms())
 
@@ -90,8 +89,8 @@ def counts():
 
 
 @pytest.fixture
-def service(any_redis, tokens, config, counts, clock):
-    return Concurrency(RedisStore(any_redis, config.buckets), tokens, config, count=counts, clock=clock)
+def service(store, tokens, config, counts, clock):
+    return Concurrency(store, tokens, config, count=counts, clock=clock)
 
 
 def claims_of(grant, keyring, config):
@@ -196,8 +195,7 @@ def test_a_lost_session_resumes_while_its_token_is_valid(any_redis, service, cou
     assert [s.sid for s in service.sessions("ann")[1]] == [grant.session.sid]
 
 
-def test_a_lost_session_is_gone_without_resume(any_redis, tokens, config, counts):
-    store = RedisStore(any_redis, config.buckets)
+def test_a_lost_session_is_gone_without_resume(store, any_redis, tokens, config, counts):
     service = Concurrency(store, tokens, dataclasses.replace(config, resume=False), count=counts)
     grant = service.start("ann", "tv", "film", LIMITS)
     any_redis.flushall()

@@ -259,7 +259,6 @@ def test_overrides_win_over_the_environment():
         ({"max_streams": 0}, "CONCURRENCY_MAX_STREAMS must be at least 1"),
         ({"session_ttl_s": -1}, "CONCURRENCY_SESSION_TTL must be at least 1"),
         ({"degraded_ttl_s": 0}, "CONCURRENCY_DEGRADED_TTL must be at least 1"),
-        ({"buckets": 0}, "CONCURRENCY_BUCKETS must be at least 1"),
         ({"max_body_bytes": 0}, "CONCURRENCY_MAX_BODY_BYTES must be at least 1"),
         ({"max_id_chars": 0}, "CONCURRENCY_MAX_ID_CHARS must be at least 1"),
         ({"stream_limit": -1}, "CONCURRENCY_STREAM_LIMIT must not be negative"),
@@ -307,8 +306,45 @@ def test_an_infinite_redis_timeout_is_refused():
 
 
 def test_validation_applies_to_values_from_the_environment():
-    with pytest.raises(ConfigError, match="CONCURRENCY_BUCKETS must be at least 1"):
-        Config.from_env({"CONCURRENCY_BUCKETS": "0"})
+    with pytest.raises(ConfigError, match="CONCURRENCY_MAX_STREAMS must be at least 1"):
+        Config.from_env({"CONCURRENCY_MAX_STREAMS": "0"})
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"CONCURRENCY_AUTH": "user-token"}, "needs CONCURRENCY_USER_JWKS"),
+        ({"CONCURRENCY_AUTH": "trusted-caller"}, "needs CONCURRENCY_CALLERS"),
+        (
+            {"CONCURRENCY_AUTH": "anonymous,trusted-caller", "CONCURRENCY_CALLERS": "a:" + "s" * 16},
+            "combined",
+        ),
+        ({"CONCURRENCY_AUTH": "everyone"}, "must name some of"),
+        ({"CONCURRENCY_CALLERS": "playback-api"}, "must look like"),
+        ({"CONCURRENCY_CALLERS": "playback-api:short"}, "at least 16 characters"),
+        ({"CONCURRENCY_CALLERS": "bad name:" + "s" * 16}, "caller name"),
+        ({"CONCURRENCY_MAX_ID_CHARS": "257"}, "between 1 and 256"),
+        ({"CONCURRENCY_MAX_BODY_BYTES": "4096"}, "the longest valid request"),
+    ],
+)
+def test_caller_modes_and_limits_are_checked(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_env(env)
+
+
+def test_caller_modes_follow_what_is_configured():
+    secret = "s" * 16
+    assert Config().caller_modes == ("anonymous",)
+    assert Config(callers=(("api", secret),)).caller_modes == ("trusted-caller",)
+    both = Config(callers=(("api", secret),), user_jwks="f", user_issuer="i", user_audience="a")
+    assert both.caller_modes == ("user-token", "trusted-caller")
+    assert Config(auth=("trusted-caller",), callers=(("api", secret),)).caller_modes == ("trusted-caller",)
+
+
+def test_secrets_stay_out_of_the_config_repr():
+    secret = "do-not-log-" + "s" * 16
+    config = Config(admin_token=secret, callers=(("api", secret),), signing_key_pem=secret)
+    assert secret not in repr(config)
 
 
 # -- derived values ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import types
 
 import pytest
 import redis
-from layout import live_sessions
+from layout import live_sessions, user_key
 from players import (
     admitted,
     assert_error,
@@ -398,7 +398,7 @@ def test_players_ride_out_a_hang_a_stop_and_a_restart(request, mode):
         answer = heartbeat(server, sid, token)
         assert answer.status == 200, (player.user, answer.status, answer.body)
         assert not degraded(answer.json()["token"])
-        believed[sid] = (player.user, player.device, stream)
+        believed[sid] = (user_key(player.user), player.device, stream)
     assert len(believed) >= 3  # at least the watchers
     assert live_sessions(flaky.client) == believed
 
@@ -491,7 +491,7 @@ def test_closed_mode_answers_503_with_retry_after_and_logs_the_request_id(closed
     flaky.start()
     wait_until(lambda: server.request("GET", "/readyz").status == 200, timeout_s=5, what="ready again")
     assert heartbeat(server, sid, token).status == 200  # the lost session is resumed
-    assert live_sessions(flaky.client) == {sid: (user, "tv", "stream-1")}
+    assert live_sessions(flaky.client) == {sid: (user_key(user), "tv", "stream-1")}
     assert "Traceback" not in server.output()
 
 
@@ -550,7 +550,7 @@ def test_open_mode_admits_degraded_sessions_and_heartbeats_extend_them(opened):
     assert back.status == 200, back.body
     claims = session_claims(server, back.json()["token"])
     assert "degraded" not in claims and claims["exp"] - claims["iat"] == TTL_S
-    assert live_sessions(flaky.client) == {sid: (user, "tv", "stream-1")}
+    assert live_sessions(flaky.client) == {sid: (user_key(user), "tv", "stream-1")}
     new = start(server, user=user, device="phone")
     assert new.status == 201 and not degraded(new.json()["token"])
 
@@ -604,8 +604,8 @@ def test_lost_sessions_are_resumed_while_the_user_is_under_the_limit(closed):
     for session in sessions[:-1]:
         assert heartbeat(server, *session).status == 200
     assert_gone(heartbeat(server, *sessions[-1]), "limit")
-    expected = {sid: (user, f"device-{i}", "stream-1") for i, (sid, _) in enumerate(sessions[:-1])}
-    assert live_sessions(flaky.client) == {**expected, newcomer[0]: (user, "newcomer", "stream-1")}
+    expected = {sid: (user_key(user), f"device-{i}", "stream-1") for i, (sid, _) in enumerate(sessions[:-1])}
+    assert live_sessions(flaky.client) == {**expected, newcomer[0]: (user_key(user), "newcomer", "stream-1")}
 
 
 def test_without_resumption_a_lost_session_is_gone(closed, extra_server):

@@ -8,8 +8,9 @@ import time
 
 import jwt
 import pytest
-from layout import redis_state, stored_sessions
+from layout import redis_state, stored_sessions, user_key
 from players import (
+    CALLER,
     assert_error,
     bearer,
     jwks,
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.http, pytest.mark.redis]
 
 DEFAULTS = Config()
 MAX_STREAMS = DEFAULTS.max_streams
-BUCKET_KEY = re.compile(r"^cs:\{[0-9a-f]+\}$")
+USER_KEY = re.compile(r"^c:[A-Za-z0-9_-]{12}$")  # a user's key: their id never shows in it
 JSON = {"Content-Type": "application/json"}
 
 
@@ -49,7 +50,7 @@ def test_start_admits_and_returns_a_verifiable_token(server, real_redis):
     body = answer.json()
     assert body["status"] == "initiated"
     assert set(body) >= {"sessionKey", "token", "status"}
-    assert len(body["sessionKey"]) >= 16
+    assert len(body["sessionKey"]) >= 12  # 72 random bits
 
     header, claims = decode(server, body["token"])
     assert header["alg"] == "ES256"
@@ -67,14 +68,18 @@ def test_start_admits_and_returns_a_verifiable_token(server, real_redis):
 
     stored = stored_sessions(real_redis, live_only=True)
     assert list(stored) == [body["sessionKey"]]
-    assert stored[body["sessionKey"]][:3] == (user, "laptop", "seahawks")
+    assert stored[body["sessionKey"]][:3] == (user_key(user), "laptop", "seahawks")
 
 
 @pytest.mark.backends
-def test_same_user_device_stream_again_is_idempotent(server, real_redis):
+def test_same_user_device_stream_again_with_its_token_is_idempotent(server, real_redis):
     user = new_user()
     first = legacy_start(server, user, "tv", "match").json()
-    again = legacy_start(server, user, "tv", "match")
+    again = server.request(
+        "POST",
+        "/concurrency",
+        {"userId": user, "deviceId": "tv", "streamId": "match", "token": first["token"]},
+    )
     assert again.status == 200
     body = again.json()
     assert body["status"] == "updated"
@@ -89,12 +94,47 @@ def test_same_user_device_stream_again_is_idempotent(server, real_redis):
 
 
 @pytest.mark.backends
-def test_limit_answers_403_listing_the_holders(server, real_redis):
+def test_an_anonymous_start_without_the_token_is_a_new_session(server, real_redis):
+    """Whoever knows a userId must not get the token of that user's session by starting it again."""
     user = new_user()
-    holders = {legacy_started(server, user, f"device-{i}", f"stream-{i}")[0]: i for i in range(MAX_STREAMS)}
+    first = legacy_start(server, user, "tv", "match").json()
+    again = legacy_start(server, user, "tv", "match").json()
+    assert again["status"] == "initiated" and again["sessionKey"] != first["sessionKey"]
+    assert set(stored_sessions(real_redis, live_only=True)) == {first["sessionKey"], again["sessionKey"]}
+    other = legacy_start(server, new_user(), "tv", "match").json()  # a token of another user renews nothing
+    stolen = {"userId": user, "deviceId": "tv", "streamId": "match", "token": other["token"]}
+    assert_error(server.request("POST", "/concurrency", stolen), 401, "invalid_token")
+
+
+def test_a_trusted_caller_renews_the_same_device_and_stream(trusted_server, real_redis):
+    user = new_user()
+    first = legacy_start(trusted_server, user, "tv", "match", headers=CALLER).json()
+    again = legacy_start(trusted_server, user, "tv", "match", headers=CALLER).json()
+    assert (again["status"], again["sessionKey"]) == ("updated", first["sessionKey"])
+    assert_error(legacy_start(trusted_server, user, "tv", "match"), 401, "invalid_credentials")
+
+
+@pytest.mark.backends
+def test_limit_answers_403_with_the_count_to_anyone(server, real_redis):
+    user = new_user()
+    for i in range(MAX_STREAMS):
+        legacy_started(server, user, f"device-{i}", f"stream-{i}")
+    before = redis_state(real_redis)
+    body = assert_error(legacy_start(server, user, "one-too-many", "stream-x"), 403, "limit_reached")
+    assert (body["limit"], body["scope"], body["active"]) == (MAX_STREAMS, "account", MAX_STREAMS)
+    assert "sessions" not in body  # an anonymous caller learns no session's key
+    assert redis_state(real_redis) == before
+
+
+def test_limit_answers_403_listing_the_holders_to_a_trusted_caller(trusted_server, real_redis):
+    server, user = trusted_server, new_user()
+    holders = {
+        legacy_start(server, user, f"device-{i}", f"stream-{i}", headers=CALLER).json()["sessionKey"]: i
+        for i in range(MAX_STREAMS)
+    }
     before = redis_state(real_redis)
 
-    answer = legacy_start(server, user, "one-too-many", "stream-x")
+    answer = legacy_start(server, user, "one-too-many", "stream-x", headers=CALLER)
     body = assert_error(answer, 403, "limit_reached")
     now_s = real_redis.time()[0]
     assert len(body["sessions"]) == MAX_STREAMS
@@ -105,7 +145,7 @@ def test_limit_answers_403_listing_the_holders(server, real_redis):
     assert listed == {sid: (f"device-{i}", f"stream-{i}") for sid, i in holders.items()}
     assert redis_state(real_redis) == before
 
-    other_user = legacy_start(server, new_user(), "one-too-many", "stream-x")
+    other_user = legacy_start(server, new_user(), "one-too-many", "stream-x", headers=CALLER)
     assert other_user.status == 200
 
 
@@ -181,7 +221,11 @@ def test_native_start_heartbeat_stop(server, real_redis):
     assert created.headers["location"].endswith(f"/v1/sessions/{sid}")
     assert decode(server, body["token"])[1]["sid"] == sid
 
-    renewed = legacy_start(server, user, "console", "film", path="/v1/sessions")
+    renewed = server.request(
+        "POST",
+        "/v1/sessions",
+        {"userId": user, "deviceId": "console", "streamId": "film", "token": body["token"]},
+    )
     assert renewed.status == 200
     assert renewed.json()["status"] == "updated"
     assert renewed.json()["sessionId"] == sid
@@ -303,7 +347,7 @@ BAD_STARTS = [
     ("unknown-field", _start_with(extra="x"), 400, "extra"),
     ("user-too-long", _start_with(userId="u" * 257), 400, "userId"),
     ("device-too-long-unicode", _start_with(deviceId="é" * 257), 400, "deviceId"),
-    ("body-too-large", _start_with(streamId="s" * 5000), 413, None),
+    ("body-too-large", _start_with(streamId="s" * (DEFAULTS.max_body_bytes + 1)), 413, None),
     ("deeply-nested-json", b"[" * 1500 + b"]" * 1500, 400, None),
     ("lone-surrogate", b'{"userId": "\\ud800", "deviceId": "d", "streamId": "s"}', 400, "userId"),
 ]
@@ -325,7 +369,8 @@ def test_bad_start_is_4xx_json_and_writes_nothing(server, real_redis, path, raw,
         assert field in body["message"]
     assert redis_state(real_redis) == before
     assert not any(
-        user == VALID_START["userId"] for user, *_ in stored_sessions(real_redis, live_only=True).values()
+        key == user_key(VALID_START["userId"])
+        for key, *_ in stored_sessions(real_redis, live_only=True).values()
     )
 
 
@@ -353,7 +398,8 @@ def test_chunked_start_is_read(server, real_redis):
 
 def test_chunked_body_over_the_limit_is_413(server, real_redis):
     before = redis_state(real_redis)
-    chunks = [b'{"userId": "', b"u" * 3000, b"u" * 3000, b'", "deviceId": "d", "streamId": "s"}']
+    half = b"u" * (DEFAULTS.max_body_bytes // 2 + 1)
+    chunks = [b'{"userId": "', half, half, b'", "deviceId": "d", "streamId": "s"}']
     status, body = post_chunked(server, "/concurrency", chunks)
     assert status == 413, body
     assert body["error"] and body["message"]
@@ -479,16 +525,13 @@ def test_ids_of_any_content_work_and_come_back_intact(server, real_redis):
         tokens[body["sessionKey"]] = body["token"]
 
     refused = assert_error(legacy_start(server, ODD_USER, "dev|4", "stream|4"), 403, "limit_reached")
-    assert {(s["deviceId"], s["streamId"]) for s in refused["sessions"]} == set(ODD_IDS)
+    assert refused["active"] == len(ODD_IDS)
 
     for sid, token in tokens.items():
         assert legacy_heartbeat(server, sid, token).status == 200
     stored = stored_sessions(real_redis, live_only=True)
-    assert {(u, d, s) for u, d, s, _ in stored.values()} == {(ODD_USER, d, s) for d, s in ODD_IDS}
-    assert all(BUCKET_KEY.match(key.decode()) for key in real_redis.scan_iter())
-
-    renewed = legacy_start(server, ODD_USER, *ODD_IDS[0]).json()
-    assert renewed["status"] == "updated"
+    assert {(k, d, s) for k, d, s, _ in stored.values()} == {(user_key(ODD_USER), d, s) for d, s in ODD_IDS}
+    assert all(USER_KEY.match(key.decode()) for key in real_redis.scan_iter())
 
 
 @pytest.mark.backends
@@ -519,7 +562,7 @@ def test_every_key_has_a_ttl(server, real_redis):
     keys = real_redis.keys()
     assert keys
     for key in keys:
-        assert BUCKET_KEY.match(key.decode()), key
+        assert USER_KEY.match(key.decode()), key
         pttl = real_redis.pttl(key)
         assert pttl > 0, (key, pttl)
 

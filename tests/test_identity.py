@@ -1,22 +1,24 @@
 """Who is asking and what they may play (api/identity.py): user tokens, the admin secret, limits."""
 
+import base64
 import dataclasses
+import hashlib
 import hmac
 import time
 
-import falcon.testing
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api.config import Config
-from api.errors import BadRequest, Forbidden, InvalidToken
-from api.identity import Identity
+from api.errors import BadRequest, Forbidden, InvalidCredentials, InvalidToken
+from api.identity import Caller, Identity
 from api.sessions import Limits
 
 ISSUER = "https://idp.example"
 AUDIENCE = "concurrency"
+INJECTED = "(a JwkSource given to Identity)"  # user-token mode; the source itself is passed in
 ADMIN_SECRET = "s3cret-admin"
 PLANS = {"plan_limits": {"basic": 1, "premium": 4}, "plan_at_limit": {"premium": "evict-oldest"}}
 
@@ -62,7 +64,7 @@ def rsa_key():
 
 @pytest.fixture
 def user_config():
-    return Config(user_issuer=ISSUER, user_audience=AUDIENCE)
+    return Config(user_jwks=INJECTED, user_issuer=ISSUER, user_audience=AUDIENCE)
 
 
 @pytest.fixture
@@ -72,11 +74,17 @@ def identity(user_config, ec_key, rsa_key):
 
 
 def bearer(token):
-    return falcon.testing.create_req(headers={"Authorization": f"Bearer {token}"})
+    """Return the Authorization header of a Bearer token."""
+    return f"Bearer {token}"
+
+
+def basic(name, secret):
+    """Return the Authorization header of a trusted caller's credential."""
+    return "Basic " + base64.b64encode(f"{name}:{secret}".encode()).decode()
 
 
 def no_auth():
-    return falcon.testing.create_req()
+    return None
 
 
 # -- limits ---------------------------------------------------------------------------------------
@@ -144,22 +152,20 @@ def test_stream_limit_always_comes_from_the_config():
 
 def test_anonymous_start_needs_a_user_id():
     identity = Identity(Config())
-    assert not identity.required
+    assert identity.anonymous and identity.modes == ("anonymous",)
     with pytest.raises(BadRequest) as refused:
         identity.start_user(no_auth(), None)
     assert refused.value.details == {"field": "userId"}
 
 
-def test_anonymous_start_takes_the_body_user_and_default_limits(ec_key):
+def test_anonymous_start_takes_the_body_user_and_default_limits():
     identity = Identity(Config(max_streams=2))
-    # a user token, even a valid one, is not looked at: the body names the user
-    req = bearer(ec_key.token(sub="bob", climit=9))
-    assert identity.start_user(req, "ann") == ("ann", Limits(2))
+    assert identity.start_user(no_auth(), "ann") == ("ann", Limits(2), Caller("anonymous", vouched=False))
 
 
-def test_user_claims_without_user_tokens_configured_is_refused(ec_key):
-    with pytest.raises(InvalidToken, match="not configured"):
-        Identity(Config()).user_claims(bearer(ec_key.token()))
+def test_anonymous_mode_refuses_credentials_it_cannot_check(ec_key):
+    with pytest.raises(InvalidToken, match="takes no credentials"):
+        Identity(Config()).start_user(bearer(ec_key.token()), "ann")
 
 
 # -- user tokens ------------------------------------------------------------------------------------
@@ -168,9 +174,9 @@ def test_user_claims_without_user_tokens_configured_is_refused(ec_key):
 @pytest.mark.parametrize("key_name", ["ec_key", "rsa_key"])
 def test_valid_user_token_gives_the_user_and_their_limits(request, identity, key_name):
     key = request.getfixturevalue(key_name)
-    assert identity.required
-    assert identity.start_user(bearer(key.token(climit=2)), None) == ("ann", Limits(2))
-    assert identity.start_user(bearer(key.token(plan="x")), "ann") == ("ann", Limits(3))
+    assert not identity.anonymous and identity.modes == ("user-token",)
+    assert identity.start_user(bearer(key.token(climit=2)), None)[:2] == ("ann", Limits(2))
+    assert identity.start_user(bearer(key.token(plan="x")), "ann")[:2] == ("ann", Limits(3))
 
 
 @pytest.mark.parametrize(
@@ -192,7 +198,10 @@ def test_user_token_with_a_bad_claim_is_refused(identity, ec_key, claims, proble
 
 
 def test_expiry_allows_the_configured_leeway(ec_key):
-    identity = Identity(Config(user_issuer=ISSUER, user_audience=AUDIENCE, token_leeway_s=30), Jwks(ec_key))
+    identity = Identity(
+        Config(user_jwks=INJECTED, user_issuer=ISSUER, user_audience=AUDIENCE, token_leeway_s=30),
+        Jwks(ec_key),
+    )
     assert identity.start_user(bearer(ec_key.token(exp=int(time.time()) - 10)), None)[0] == "ann"
     with pytest.raises(InvalidToken, match="expired"):
         identity.start_user(bearer(ec_key.token(exp=int(time.time()) - 90)), None)
@@ -228,8 +237,8 @@ def test_user_token_with_an_unknown_key_or_a_bad_signature_is_refused(identity, 
 @pytest.mark.parametrize("header", [None, "Basic YW5uOnB3", "Bearer", "Bearer not-a-jwt"])
 def test_start_without_a_user_token_is_refused(identity, header):
     headers = {"Authorization": header} if header else {}
-    with pytest.raises(InvalidToken):
-        identity.start_user(falcon.testing.create_req(headers=headers), "ann")
+    with pytest.raises((InvalidToken, InvalidCredentials)):
+        identity.start_user(headers.get("Authorization"), "ann")
 
 
 def test_body_user_must_match_the_token(identity, ec_key):
@@ -240,7 +249,9 @@ def test_body_user_must_match_the_token(identity, ec_key):
 
 @pytest.mark.parametrize("sub", ["", "x" * 9, 7, ["ann"]])
 def test_sub_must_be_a_short_user_id(ec_key, sub):
-    identity = Identity(Config(user_issuer=ISSUER, user_audience=AUDIENCE, max_id_chars=8), Jwks(ec_key))
+    identity = Identity(
+        Config(user_jwks=INJECTED, user_issuer=ISSUER, user_audience=AUDIENCE, max_id_chars=8), Jwks(ec_key)
+    )
     assert identity.start_user(bearer(ec_key.token(sub="x" * 8)), None)[0] == "x" * 8
     with pytest.raises(InvalidToken):
         identity.start_user(bearer(ec_key.token(sub=sub)), None)
@@ -249,7 +260,7 @@ def test_sub_must_be_a_short_user_id(ec_key, sub):
 # -- managing a user's sessions ----------------------------------------------------------------------
 
 
-def test_owner_routes_are_off_without_admin_secret_or_user_tokens(ec_key):
+def test_owner_routes_are_off_without_admin_secret_or_authentication(ec_key):
     identity = Identity(Config())
     for req in (no_auth(), bearer(ADMIN_SECRET), bearer(ec_key.token())):
         with pytest.raises(Forbidden, match="not enabled"):
@@ -258,8 +269,8 @@ def test_owner_routes_are_off_without_admin_secret_or_user_tokens(ec_key):
 
 def test_admin_secret_may_manage_anyone():
     identity = Identity(Config(admin_token=ADMIN_SECRET))
-    assert identity.authorize_owner(bearer(ADMIN_SECRET), "ann") is None
-    assert identity.authorize_owner(bearer(ADMIN_SECRET), "bob") is None
+    assert identity.authorize_owner(bearer(ADMIN_SECRET), "ann") == Caller("admin", vouched=True)
+    assert identity.authorize_owner(bearer(ADMIN_SECRET), "bob") == Caller("admin", vouched=True)
     for wrong in ("s3cret", ADMIN_SECRET + "x", ADMIN_SECRET.upper()):
         with pytest.raises(InvalidToken, match="admin secret is wrong"):
             identity.authorize_owner(bearer(wrong), "ann")
@@ -280,11 +291,12 @@ def test_admin_secret_is_compared_in_constant_time(monkeypatch):
     with pytest.raises(InvalidToken):
         identity.authorize_owner(bearer("guess"), "ann")
     identity.authorize_owner(bearer(ADMIN_SECRET), "ann")
-    assert compared == [(b"guess", ADMIN_SECRET.encode()), (ADMIN_SECRET.encode(), ADMIN_SECRET.encode())]
+    digest = hashlib.sha256(ADMIN_SECRET.encode()).digest()
+    assert compared == [(hashlib.sha256(b"guess").digest(), digest), (digest, digest)]
 
 
 def test_a_user_may_manage_only_their_own_sessions(identity, ec_key):
-    assert identity.authorize_owner(bearer(ec_key.token(sub="ann")), "ann") is None
+    assert identity.authorize_owner(bearer(ec_key.token(sub="ann")), "ann") == Caller("user", vouched=True)
     with pytest.raises(Forbidden, match="their own sessions"):
         identity.authorize_owner(bearer(ec_key.token(sub="bob")), "ann")
     with pytest.raises(InvalidToken):
@@ -293,9 +305,76 @@ def test_a_user_may_manage_only_their_own_sessions(identity, ec_key):
 
 def test_with_both_the_admin_secret_and_user_tokens_work(user_config, ec_key):
     identity = Identity(dataclasses.replace(user_config, admin_token=ADMIN_SECRET), Jwks(ec_key))
-    assert identity.authorize_owner(bearer(ADMIN_SECRET), "ann") is None
-    assert identity.authorize_owner(bearer(ec_key.token(sub="ann")), "ann") is None
+    assert identity.authorize_owner(bearer(ADMIN_SECRET), "ann") == Caller("admin", vouched=True)
+    assert identity.authorize_owner(bearer(ec_key.token(sub="ann")), "ann") == Caller("user", vouched=True)
     with pytest.raises(Forbidden):
         identity.authorize_owner(bearer(ec_key.token(sub="bob")), "ann")
     with pytest.raises(InvalidToken):  # neither the secret nor a user token
         identity.authorize_owner(bearer("s3cret"), "ann")
+
+
+# -- trusted callers --------------------------------------------------------------------------------
+
+CALLER_SECRET, NEXT_SECRET = "a" * 24, "b" * 24
+
+
+@pytest.fixture
+def callers():
+    config = Config(callers=(("playback-api", CALLER_SECRET), ("playback-api", NEXT_SECRET)), max_streams=2)
+    return Identity(config)
+
+
+def test_trusted_callers_speak_for_the_user_in_the_body(callers):
+    assert callers.modes == ("trusted-caller",) and not callers.anonymous
+    for secret in (CALLER_SECRET, NEXT_SECRET):  # two secrets are valid at once while one is rotated
+        user, limits, caller = callers.start_user(basic("playback-api", secret), "ann")
+        assert (user, limits, caller) == ("ann", Limits(2), Caller("playback-api", vouched=True))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        basic("playback-api", "c" * 24),
+        basic("someone-else", CALLER_SECRET),
+        basic("playback-api", CALLER_SECRET[:-1]),
+        "Basic not-base64!",
+        "Basic " + base64.b64encode(b"no-colon").decode(),
+        bearer(CALLER_SECRET),
+    ],
+)
+def test_a_wrong_or_missing_caller_credential_is_refused(callers, header):
+    with pytest.raises((InvalidCredentials, InvalidToken)):
+        callers.start_user(header, "ann")
+
+
+def test_a_trusted_caller_must_name_the_user(callers):
+    with pytest.raises(BadRequest) as refused:
+        callers.start_user(basic("playback-api", CALLER_SECRET), None)
+    assert refused.value.details == {"field": "userId"}
+
+
+def test_a_trusted_caller_may_manage_any_user(callers):
+    assert callers.authorize_owner(basic("playback-api", NEXT_SECRET), "bob") == Caller("playback-api", True)
+    with pytest.raises(InvalidCredentials):
+        callers.authorize_owner(basic("playback-api", "wrong" * 5), "bob")
+
+
+def test_caller_secrets_are_compared_in_constant_time(callers, monkeypatch):
+    compared = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    callers.start_user(basic("playback-api", NEXT_SECRET), "ann")
+    given = hashlib.sha256(NEXT_SECRET.encode()).digest()
+    stored = [hashlib.sha256(s.encode()).digest() for s in (CALLER_SECRET, NEXT_SECRET)]
+    assert compared == [(given, stored[0]), (given, stored[1])]  # every secret of the name, always
+
+
+def test_user_tokens_and_trusted_callers_together(user_config, ec_key):
+    config = dataclasses.replace(user_config, callers=(("playback-api", CALLER_SECRET),))
+    identity = Identity(config, Jwks(ec_key))
+    assert identity.modes == ("user-token", "trusted-caller")
+    assert identity.start_user(bearer(ec_key.token(sub="ann")), None)[2] == Caller("user", vouched=True)
+    assert identity.start_user(basic("playback-api", CALLER_SECRET), "bob")[:1] == ("bob",)
+    with pytest.raises(InvalidToken):
+        identity.start_user(None, "bob")

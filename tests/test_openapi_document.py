@@ -73,9 +73,9 @@ def test_each_operation_names_the_credentials_it_takes():
         for path, method, operation in operations()
         if "security" in operation
     }
-    start = [[], ["userToken"]]  # none by default; the user's access token when user tokens are configured
+    start = [[], ["userToken"], ["callerCredential"]]  # none in anonymous mode; else one of the two
     session = [["sessionToken"]]
-    owner = [["adminSecret"], ["userToken"]]
+    owner = [["adminSecret"], ["userToken"], ["callerCredential"]]
     assert secured == {
         ("post", "/concurrency"): start,
         ("post", "/v1/sessions"): start,
@@ -85,7 +85,13 @@ def test_each_operation_names_the_credentials_it_takes():
         ("delete", "/v1/users/{userId}/sessions"): owner,
         ("delete", "/v1/users/{userId}/sessions/{sessionId}"): owner,
     }
-    assert all(s["scheme"] == "bearer" for s in DOC["components"]["securitySchemes"].values())
+    schemes = {name: s["scheme"] for name, s in DOC["components"]["securitySchemes"].items()}
+    assert schemes == {
+        "sessionToken": "bearer",
+        "userToken": "bearer",
+        "adminSecret": "bearer",
+        "callerCredential": "basic",
+    }
 
 
 def test_seed_fields_and_statuses_are_kept():

@@ -26,7 +26,7 @@ def test_document_and_app_have_the_same_operations(client):
 
 
 def test_route_comparison_sees_an_undocumented_route(config, keyring, fake_redis):
-    app = create_app(config, RedisStore(fake_redis, config.buckets), keyring)
+    app = create_app(config, RedisStore(fake_redis), keyring)
     app.add_route("/v1/secret", _Resource())
     assert app_operations(app) - documented_operations() == {("/v1/secret", "get")}
 
@@ -77,7 +77,7 @@ def test_internal_fault_is_the_documented_500(config, keyring):
 
             return fail
 
-    client = falcon.testing.TestClient(create_app(config, RedisStore(Broken(), config.buckets), keyring))
+    client = falcon.testing.TestClient(create_app(config, RedisStore(Broken()), keyring))
     answer = client.simulate_post("/v1/sessions", json=START)
     assert answer.status_code == 500
     check_component("InternalError", answer)
@@ -88,7 +88,7 @@ def test_jwks_of_every_algorithm_matches_the_document(config, fake_redis, tmp_pa
     for alg in ("ES256", "EdDSA", "RS256"):
         store.generate(alg)
     keyring = Keyring.open(str(tmp_path))
-    client = falcon.testing.TestClient(create_app(config, RedisStore(fake_redis, config.buckets), keyring))
+    client = falcon.testing.TestClient(create_app(config, RedisStore(fake_redis), keyring))
     answer = client.simulate_get("/.well-known/jwks.json")
     assert sorted(k["alg"] for k in answer.json["keys"]) == ["ES256", "EdDSA", "RS256"]
     check_response("get", "/.well-known/jwks.json", answer)

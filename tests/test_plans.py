@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from idp import b64url, unsigned_token
-from layout import live_sessions, redis_state
+from layout import live_sessions, redis_state, user_key
 from players import (
     admitted,
     assert_error,
@@ -80,7 +80,7 @@ def test_the_token_subject_is_the_user(user_server, idp, real_redis, kid):
     claims = session_claims(user_server, session_token)
     assert claims["sub"] == user
     assert claims["sid"] == sid
-    assert live_sessions(real_redis) == {sid: (user, "tv", "film")}
+    assert live_sessions(real_redis) == {sid: (user_key(user), "tv", "film")}
 
     second = start(user_server, token, "phone", "film", user=user)  # a matching body userId is fine
     assert second.status == 201, second.body
@@ -107,7 +107,7 @@ def test_the_seed_route_needs_the_user_token_too(user_server, idp, real_redis):
     answer = start(user_server, idp.token(user), user=user, path="/concurrency")
     assert answer.status == 200, answer.body
     sid = answer.json()["sessionKey"]
-    assert live_sessions(real_redis) == {sid: (user, "tv", "stream-1")}
+    assert live_sessions(real_redis) == {sid: (user_key(user), "tv", "stream-1")}
 
 
 BAD_TOKENS = [

@@ -6,11 +6,11 @@ import time
 
 import pytest
 import redis
+from layout import user_key
 
 from api.errors import StoreUnavailable
 from api.pipeline import FastScript, Pipeline
 from api.sessions import Limits
-from api.store import RedisStore
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -102,9 +102,9 @@ def test_after_a_timeout_calls_fail_at_once_for_a_moment(redis_server):
     client.close()
 
 
-def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis):
+def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis, make_store):
     client = redis.Redis(port=redis_server.port, socket_timeout=0.25)
-    store = RedisStore(client, buckets=8, timeout_s=0.25)
+    store = make_store(client, timeout_s=0.25)
     store.admit("warm", "tv", "film", Limits(3), 60_000, 65_000)  # learns the server clock
     redis_server.signal(signal.SIGSTOP)
     try:
@@ -114,7 +114,7 @@ def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis
     finally:
         redis_server.signal(signal.SIGCONT)
     time.sleep(0.1)
-    assert real_redis.hgetall(store.bucket_key("ann")) == {}
+    assert real_redis.hgetall(user_key("ann")) == {}
     client.close()
 
 

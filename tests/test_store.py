@@ -1,13 +1,14 @@
 """The Redis store and its Lua scripts, on fakeredis and on a real redis-server."""
 
+import re
 import time
 
 import pytest
-from layout import live_sessions
+from layout import live_sessions, stored_sessions, user_key
 
 from api.errors import LimitReached, SessionGone, StoreUnavailable
 from api.sessions import Limits, Session
-from api.store import RedisStore, escape, unescape
+from api.store import escape, unescape
 
 TTL_MS = 60_000
 TOMB_MS = 65_000
@@ -39,8 +40,7 @@ def test_same_device_and_stream_renews_the_same_session(store):
 
 
 @pytest.mark.backends
-def test_users_in_one_bucket_do_not_share_a_limit(any_redis):
-    store = RedisStore(any_redis, buckets=1)
+def test_users_do_not_share_a_limit(store):
     store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert store.admit("bob", "tv", "film", Limits(1), TTL_MS, TOMB_MS).status == "initiated"
     with pytest.raises(LimitReached):
@@ -79,8 +79,8 @@ def test_ids_of_any_content(store, any_redis, user):
         store.admit(user, "other", stream, Limits(1), TTL_MS, TOMB_MS)
     assert refused.value.holders[0].device == device
     assert refused.value.holders[0].stream == stream
-    key = store.bucket_key(user)
-    assert key.count("{") == 1 and key.count("}") == 1 and user not in key
+    key = user_key(user)
+    assert re.fullmatch(r"c:[A-Za-z0-9_-]{12}", key) and user not in key  # no braces: no id picks a slot
 
 
 def test_escape_round_trips():
@@ -101,11 +101,11 @@ def test_every_key_has_a_ttl(store, any_redis):
     assert all(0 < any_redis.pttl(key) <= TOMB_MS for key in keys)
 
 
-def test_unreachable_redis_is_store_unavailable():
+def test_unreachable_redis_is_store_unavailable(make_store):
     import redis
 
     client = redis.Redis(port=1, socket_connect_timeout=0.1, socket_timeout=0.1)
-    store = RedisStore(client, buckets=64)
+    store = make_store(client)
     with pytest.raises(StoreUnavailable):
         store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert store.ping() is False
@@ -128,20 +128,18 @@ def test_sessions_expire_by_server_time(real_store, real_redis):
 
 
 def test_expired_sessions_are_pruned_on_start(real_store, real_redis):
-    real_store.admit("ann", "tv", "film", Limits(5), 300, TOMB_MS)
-    real_store.admit("bob", "tv", "film", Limits(5), 60_000, TOMB_MS)
+    expired = real_store.admit("ann", "tv", "film", Limits(5), 300, TOMB_MS).session.sid
+    real_store.admit("ann", "phone", "film", Limits(5), 60_000, TOMB_MS)
     time.sleep(0.4)
-    real_store.admit(
-        "bob", "phone", "film", Limits(5), 60_000, TOMB_MS
-    )  # same bucket scan prunes ann's expired one
-    if real_store.bucket_key("ann") == real_store.bucket_key("bob"):
-        assert sessions_of(real_redis, "ann") == {}
-    assert len(sessions_of(real_redis, "bob")) == 2
+    assert real_redis.hexists(user_key("ann"), expired)  # still stored, though expired
+    real_store.admit("ann", "laptop", "film", Limits(5), 60_000, TOMB_MS)
+    assert not real_redis.hexists(user_key("ann"), expired)
+    assert len(sessions_of(real_redis, "ann")) == 2
 
 
-def test_bucket_expires_with_its_sessions(real_store, real_redis):
+def test_user_key_expires_with_its_sessions(real_store, real_redis):
     real_store.admit("ann", "tv", "film", Limits(1), 500, TOMB_MS)
-    key = real_store.bucket_key("ann")
+    key = user_key("ann")
     assert 0 < real_redis.pttl(key) <= 500
     time.sleep(0.7)
     assert real_redis.exists(key) == 0
@@ -152,9 +150,8 @@ def test_times_come_from_the_redis_server(real_store, real_redis):
     seconds, micros = real_redis.time()
     admission = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS)
     assert abs(admission.now_ms - (seconds * 1000 + micros // 1000)) < 1000
-    value = real_redis.hget(real_store.bucket_key("ann"), admission.session.sid).decode()
-    expires, started = (int(part, 36) for part in value.split("|")[:2])
-    assert expires - started == TTL_MS
+    (entry,) = stored_sessions(real_redis).values()
+    assert abs(entry.expires_ms - (admission.now_ms + TTL_MS)) <= 1
 
 
 def test_scripts_survive_a_script_flush(real_store, real_redis):
@@ -300,7 +297,7 @@ def test_stop_of_a_lost_session_still_blocks_resumption(store, any_redis):
 def test_tombstones_expire(real_store, real_redis):
     session = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
     real_store.release(session, 300)
-    key = real_store.bucket_key("ann")
+    key = user_key("ann")
     assert real_redis.hget(key, session.sid).startswith(b"~")
     time.sleep(0.4)
     real_store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)  # the scan prunes the tombstone
