@@ -134,7 +134,7 @@ resource "aws_ecs_service" "service" {
   name                              = var.name
   cluster                           = aws_ecs_cluster.this.id
   task_definition                   = aws_ecs_task_definition.service.arn
-  desired_count                     = var.tasks_min
+  desired_count                     = var.service_enabled ? var.tasks_min : 0
   launch_type                       = "FARGATE"
   platform_version                  = "LATEST"
   health_check_grace_period_seconds = 30
@@ -161,7 +161,7 @@ resource "aws_ecs_service" "service" {
     container_port   = local.container_port
   }
 
-  # Autoscaling owns the task count once the service exists.
+  # Autoscaling owns the task count once the service exists (service_enabled moves its bounds).
   lifecycle {
     ignore_changes = [desired_count]
   }
@@ -175,8 +175,8 @@ resource "aws_appautoscaling_target" "service" {
   service_namespace  = "ecs"
   resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.service.name}"
   scalable_dimension = "ecs:service:DesiredCount"
-  min_capacity       = var.tasks_min
-  max_capacity       = var.tasks_max
+  min_capacity       = var.service_enabled ? var.tasks_min : 0
+  max_capacity       = var.service_enabled ? var.tasks_max : 0
 }
 
 resource "aws_appautoscaling_policy" "cpu" {

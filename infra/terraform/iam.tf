@@ -13,6 +13,8 @@ locals {
   "arn:${local.partition}:ecr:${local.ecr_image[1]}:${local.ecr_image[0]}:repository/${local.ecr_image[2]}")
 }
 
+# Task roles: only ECS tasks of this account may assume them (confused-deputy guard, as the ECS task role
+# documentation shows it).
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -35,9 +37,21 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 
 # --- Task execution role (shared by the service and the key task: same image, same secrets) ---------
 
+# The execution role is assumed by the ECS agent, with the plain trust policy of the ECS documentation; only
+# principals allowed iam:PassRole on it can put it in a task definition.
+data "aws_iam_policy_document" "ecs_execution_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
-  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  assume_role_policy = data.aws_iam_policy_document.ecs_execution_assume.json
 }
 
 data "aws_iam_policy_document" "execution" {

@@ -143,6 +143,10 @@ variable "access_log_retention_days" {
   type        = number
   default     = 365
   description = "Days the ALB access logs and VPC flow logs are kept in the log bucket."
+  validation {
+    condition     = var.access_log_retention_days >= 90
+    error_message = "access_log_retention_days: at least 90 (logs move to Infrequent Access after 30 days)."
+  }
 }
 
 # --- Service --------------------------------------------------------------------------------------------
@@ -150,6 +154,12 @@ variable "access_log_retention_days" {
 variable "image" {
   type        = string
   description = "The image built from infra/Dockerfile, pushed to a registry (ECR: pull rights are granted for that repository only)."
+}
+
+variable "service_enabled" {
+  type        = bool
+  default     = true
+  description = "Run the service tasks. false on the very first apply only: the key task must make the first signing key before the service can start (infra/README.md)."
 }
 
 variable "tasks_min" {
@@ -234,8 +244,8 @@ variable "session_ttl_seconds" {
 
 variable "keys_propagation_seconds" {
   type        = number
-  default     = 60
-  description = "CONCURRENCY_KEYS_PROPAGATION: upper bound on how late a task sees a change of the EFS key directory (NFS attribute cache: up to 60 s)."
+  default     = 90
+  description = "CONCURRENCY_KEYS_PROPAGATION: upper bound on how late a task sees a change of the EFS key directory (NFS caches attributes up to 60 s, plus the reload poll and a margin)."
 }
 
 variable "extra_environment" {

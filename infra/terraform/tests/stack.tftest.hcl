@@ -65,6 +65,21 @@ variables {
   user_audience   = "playback"
 }
 
+# First, as on a new stack: no service task until the key task has made the first signing key.
+run "first_apply_without_service_tasks" {
+  variables {
+    service_enabled = false
+  }
+  assert {
+    condition     = aws_ecs_service.service.desired_count == 0 && aws_appautoscaling_target.service.max_capacity == 0
+    error_message = "no service task before the first signing key exists"
+  }
+  assert {
+    condition     = aws_scheduler_schedule.keys.schedule_expression == "rate(1 hour)"
+    error_message = "the key task is scheduled all the same"
+  }
+}
+
 run "user_tokens_in_a_new_vpc" {
   assert {
     condition     = local.azs == tolist(["us-east-1a", "us-east-1b"]) && length(aws_subnet.private) == 2 && length(aws_nat_gateway.this) == 2
@@ -100,6 +115,14 @@ run "user_tokens_in_a_new_vpc" {
   assert {
     condition     = length(aws_secretsmanager_secret.callers) == 0
     error_message = "no caller secret without trusted_callers"
+  }
+  assert {
+    condition     = aws_appautoscaling_target.service.min_capacity == 2 && aws_appautoscaling_target.service.max_capacity == 20
+    error_message = "autoscaling between 2 and 20 tasks (it raises the desired count of the service to 2)"
+  }
+  assert {
+    condition     = { for e in local.environment : e.name => e.value }["CONCURRENCY_KEYS_PROPAGATION"] == "90"
+    error_message = "key propagation bound for EFS"
   }
   assert {
     condition     = local.ecr_repository_arn == "arn:aws:ecr:us-east-1:123456789012:repository/concurrency-service"
