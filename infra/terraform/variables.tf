@@ -254,10 +254,15 @@ variable "extra_environment" {
   description = "More CONCURRENCY_* settings for the service and the key task (e.g. CONCURRENCY_PLAN_LIMITS). Not for secrets."
   validation {
     condition = alltrue([for k in keys(var.extra_environment) : startswith(k, "CONCURRENCY_") && !contains([
-      "CONCURRENCY_AUTH", "CONCURRENCY_CALLERS", "CONCURRENCY_ADMIN_TOKEN", "CONCURRENCY_REDIS_PASSWORD",
-      "CONCURRENCY_SIGNING_KEY_PEM", "CONCURRENCY_ALLOW_ANONYMOUS",
+      # Set by this stack from its variables and resources:
+      "CONCURRENCY_AUTH", "CONCURRENCY_USER_JWKS", "CONCURRENCY_USER_ISSUER", "CONCURRENCY_USER_AUDIENCE",
+      "CONCURRENCY_REDIS_URL", "CONCURRENCY_REDIS_MODE", "CONCURRENCY_REDIS_USERNAME", "CONCURRENCY_KEYS_DIR",
+      "CONCURRENCY_KEYS_PROPAGATION", "CONCURRENCY_MAX_STREAMS", "CONCURRENCY_SESSION_TTL",
+      # Secrets (Secrets Manager only), a key outside the key directory, and anonymous mode:
+      "CONCURRENCY_CALLERS", "CONCURRENCY_ADMIN_TOKEN", "CONCURRENCY_REDIS_PASSWORD", "CONCURRENCY_SIGNING_KEY_PEM",
+      "CONCURRENCY_ALLOW_ANONYMOUS",
     ], k)])
-    error_message = "extra_environment: CONCURRENCY_* names only, and none of the auth, secret or anonymous-mode settings (this stack sets those)."
+    error_message = "extra_environment: CONCURRENCY_* names only, none that this stack sets itself (auth, Redis, keys, limits, TTL), no secret and no anonymous mode."
   }
 }
 

@@ -226,6 +226,24 @@ run "anonymous_through_extra_environment_is_refused" {
   expect_failures = [var.extra_environment]
 }
 
+run "stack_settings_through_extra_environment_are_refused" {
+  command = plan
+  variables {
+    extra_environment = { CONCURRENCY_REDIS_URL = "redis://10.0.0.1:6379" }
+  }
+  expect_failures = [var.extra_environment]
+}
+
+run "plan_limits_through_extra_environment" {
+  variables {
+    extra_environment = { CONCURRENCY_PLAN_LIMITS = "basic=1,premium=4" }
+  }
+  assert {
+    condition     = { for e in local.environment : e.name => e.value }["CONCURRENCY_PLAN_LIMITS"] == "basic=1,premium=4"
+    error_message = "extra settings reach the containers"
+  }
+}
+
 run "existing_vpc" {
   variables {
     create_vpc         = false
