@@ -112,7 +112,7 @@ resource "aws_ecs_task_definition" "service" {
       retries     = 3
       startPeriod = 15
     }
-    # The service drains in-flight requests on SIGTERM; the ALB stops sending after deregistration (30 s).
+    # ECS drains a task from the target group (30 s) before SIGTERM; the service then finishes what it holds.
     stopTimeout      = 40
     ulimits          = [{ name = "nofile", softLimit = 65536, hardLimit = 65536 }]
     logConfiguration = { logDriver = "awslogs", options = merge(local.log_options, { awslogs-stream-prefix = "service" }) }
