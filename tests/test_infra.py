@@ -12,7 +12,7 @@ SUMMARY = re.compile(
 
 def test_check_infra_passes():
     """Run scripts/check-infra: exit 0, fmt ran and passed, checkov passed checks and failed none."""
-    # The first run installs checkov (about a minute); later runs take about 15 s.
+    # The first run installs checkov (about 90 s); later runs take about 10 s.
     result = subprocess.run(
         ["bash", "scripts/check-infra"], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
     )
