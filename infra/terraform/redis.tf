@@ -6,7 +6,7 @@
 locals {
   # The Redis commands the service sends, on its own key prefix, and nothing else.
   # docs/operations.md is the reference list: change both together.
-  redis_access_string = "on ~cs:* -@all +evalsha +eval +script|load +ping +time +cluster|slots +cluster|shards +cluster|info +command +info +readonly"
+  redis_access_string = "on ~c:* -@all +evalsha +eval +script|load +ping +time +cluster|slots +cluster|shards +cluster|info +command +info +readonly"
   redis_user_engine   = var.redis_engine
 }
 
