@@ -155,7 +155,7 @@ def _jwks(args: argparse.Namespace, settings: Settings) -> None:
 
 def _tell(steps: list[Step], policy: RotationPolicy, nothing: str = "nothing to do") -> None:
     """Print one line per step for the operator."""
-    reach = f"{policy.reload_interval_s:g} s (the workers' reload interval)"
+    reach = f"{policy.view_lag_s:g} s (the propagation bound plus the workers' reload interval)"
     for step in steps:
         when = at(step.at) if step.at is not None else ""
         print(
@@ -164,7 +164,7 @@ def _tell(steps: list[Step], policy: RotationPolicy, nothing: str = "nothing to 
                 "wait-for-caches": f"verifiers may cache the JWKS for {policy.jwks_max_age_s:g} s: run"
                 f" `concurrency-service keys rotate` again after {when}"
                 " (or now with --force, which may fail tokens at verifiers holding an old JWKS)",
-                "signs-from": f"{step.kid} signs from {when} (every worker verifies it by then)",
+                "signs-from": f"{step.kid} signs from {when} (every instance has loaded it by then)",
                 "signs-now": f"{step.kid} signs from now",
                 "retiring": f"{step.kid} is retiring: it verifies until pruned, after {when}",
                 "retired": f"{step.kid} is retired: gone from the JWKS and from verification within {reach}",

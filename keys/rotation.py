@@ -1,4 +1,10 @@
-"""The key lifecycle: rotate, retire, revoke and prune, refusing any step that would break a live token.
+"""The key lifecycle: rotate, retire, revoke and prune, refusing any step that would break a token.
+
+Instances see a change of the key directory at different moments, up to the propagation bound plus one
+reload interval late (`RotationPolicy.view_lag_s`). A rotation therefore switches signing that lag (and a
+margin) after it is written, so every instance has loaded it first; a retiring key stays until its last
+token has expired plus that lag again, for an instance that sees the switch later still. The reasoning is
+in docs/operations.md, "Signing-key rotation".
 
 Times are epoch seconds from this host's clock; the service compares them with Redis server time, so hosts
 must agree to well within `ACTIVATION_MARGIN_S` (NTP does).
@@ -47,16 +53,25 @@ class RotationPolicy:
     reload_interval_s: float = 1.0
     token_lifetime_s: float = 60
     leeway_s: float = 5
+    propagation_s: float = 30  # how late a change of the key directory may reach an instance's copy
+
+    @property
+    def view_lag_s(self) -> float:
+        """How late an instance may act on a change: the change reaches its directory, then a worker polls."""
+        return self.propagation_s + self.reload_interval_s
 
     @property
     def activation_delay_s(self) -> float:
-        """How far ahead a rotation schedules the switch: every worker verifies the key before any signs."""
-        return self.reload_interval_s + ACTIVATION_MARGIN_S
+        """How far ahead a rotation schedules the switch: every instance has loaded it before any signs."""
+        return self.view_lag_s + ACTIVATION_MARGIN_S
 
     @property
     def retiring_s(self) -> float:
-        """How long a key must stay verifiable after it stops signing: until its last token has expired."""
-        return self.token_lifetime_s + self.leeway_s
+        """How long a key stays verifiable after its switch: its last token's lifetime, plus a lag's worth.
+
+        An instance within the bound stops signing with the key at the switch; the added lag keeps the
+        tokens of one that sees the switch later still (up to twice the bound) from meeting a pruned set."""
+        return self.token_lifetime_s + self.leeway_s + self.view_lag_s
 
 
 class Lifecycle:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,3 +131,15 @@ def test_kid_that_starts_with_a_dash_is_taken_as_typed(keys, command):
     assert code == 0, err
     assert f"{kid} is {command}d" in out
     assert {r["kid"]: r["state"] for r in records(keys.directory)}[kid] == f"{command}d"
+
+
+def test_rotate_schedules_the_switch_after_the_propagation_bound(keys, monkeypatch):
+    monkeypatch.setenv("CONCURRENCY_KEYS_PROPAGATION", "100")
+    monkeypatch.setenv("CONCURRENCY_KEYS_RELOAD", "2")
+    keys("generate")
+    before = time.time()
+    code, out, _ = keys("rotate", "--force")
+    after = time.time()
+    (active,) = [r for r in records(keys.directory) if r["state"] == "active"]
+    assert code == 0 and f"{active['kid']} signs from" in out
+    assert before + 103 <= active["times"]["active"] <= after + 103  # propagation + reload + 1 s margin

@@ -9,7 +9,10 @@ from keys.keyring import KeySet
 from keys.rotation import ACTIVATION_MARGIN_S, Lifecycle, RotationPolicy, Step
 from keys.store import KeyStore
 
-POLICY = RotationPolicy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+POLICY = RotationPolicy(
+    jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5, propagation_s=30
+)
+LAG_S = 31  # propagation bound + reload interval: how late an instance may act on a change
 
 
 class Clock:
@@ -77,15 +80,16 @@ def test_rotate_moves_every_state_and_schedules_the_switch(store, lifecycle, clo
     records = {r.kid: r for r in store.records()}
     (successor,) = by_state(store, "next")
     assert (records[old].state, records[nxt].state) == ("retiring", "active")
-    switch = clock.now + POLICY.reload_interval_s + ACTIVATION_MARGIN_S
+    switch = clock.now + LAG_S + ACTIVATION_MARGIN_S  # every instance has loaded the rotation by then
     assert records[nxt].times["active"] == switch == records[old].times["retiring"]
     assert records[successor].alg == "EdDSA"
     assert Step("signs-from", nxt, switch) in said
     assert Step("retiring", old, switch + POLICY.retiring_s) in said
     keys = KeySet(store.load())
     assert keys.signing_at(clock.now).kid == old
+    assert keys.signing_at(clock.now + LAG_S).kid == old  # an instance that loaded it last has not switched
     assert keys.signing_at(switch).kid == nxt
-    assert set(keys.verifying) == {old, nxt}
+    assert set(keys.verifying) == {old, nxt, successor}
     assert {k["kid"] for k in keys.jwks["keys"]} == {old, nxt, successor}
     for action in ("activate", "retire-signing", "generate"):
         assert f'"action": "{action}"' in audit(store)
@@ -125,7 +129,7 @@ def test_retire_a_next_key(store, lifecycle):
 def test_retire_a_retiring_key_waits_for_its_tokens(store, lifecycle, clock):
     old = store.generate("ES256")
     lifecycle.rotate(force=True)
-    clock.now += 10
+    clock.now += POLICY.activation_delay_s + 10
     with pytest.raises(RotationRefused, match="may be valid until"):
         lifecycle.retire(old)
     lifecycle.retire(old, force=True)
@@ -169,15 +173,16 @@ def test_unknown_kid(lifecycle, store):
         lifecycle.revoke("nope")
 
 
-def test_prune_waits_for_the_longest_token_lifetime_plus_leeway(store, lifecycle, clock):
+def test_prune_waits_for_the_longest_token_lifetime_plus_leeway_plus_a_lag(store, lifecycle, clock):
     old = store.generate("ES256")
     lifecycle.rotate(force=True)
     switch = next(r for r in store.records() if r.kid == old).times["retiring"]
-    clock.now = switch + POLICY.token_lifetime_s + POLICY.leeway_s - 0.5
+    prunable = switch + POLICY.token_lifetime_s + POLICY.leeway_s + LAG_S
+    assert POLICY.retiring_s == prunable - switch
+    # an instance that sees the switch a lag late signs with the old key until then: its tokens must verify
+    clock.now = prunable - 0.5
     said = lifecycle.prune()
-    assert states(store)[old] == "retiring" and said == [
-        Step("stays-retiring", old, switch + POLICY.retiring_s)
-    ]
+    assert states(store)[old] == "retiring" and said == [Step("stays-retiring", old, prunable)]
     clock.now += 0.5
     said = lifecycle.prune()
     assert states(store)[old] == "retired" and said == [Step("pruned", old, clock.now)]

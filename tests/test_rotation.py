@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.http, pytest.mark.redis]
 TTL_S = 3
 LEEWAY_S = 1
 RELOAD_S = 0.2
+PROPAGATION_S = 0  # one instance reading the directory the commands write
 
 
 def kid_of(token):
@@ -105,6 +106,7 @@ def rotation_server(redis_server, tmp_path):
         session_ttl_s=TTL_S,
         token_leeway_s=LEEWAY_S,
         keys_reload_s=RELOAD_S,
+        keys_propagation_s=PROPAGATION_S,
     )
     yield server, directory
     server.stop()
@@ -112,7 +114,12 @@ def rotation_server(redis_server, tmp_path):
 
 def test_rotation_under_traffic_loses_nothing(rotation_server):
     server, directory = rotation_server
-    env = {"session_ttl_s": TTL_S, "token_leeway_s": LEEWAY_S, "keys_reload_s": RELOAD_S}
+    env = {
+        "session_ttl_s": TTL_S,
+        "token_leeway_s": LEEWAY_S,
+        "keys_reload_s": RELOAD_S,
+        "keys_propagation_s": PROPAGATION_S,
+    }
     players = [Player(server.port, f"rotation-{i}-{time.monotonic_ns()}") for i in range(4)]
     watcher = JwksWatcher(server.port)
     for thread in (*players, watcher):
@@ -133,7 +140,7 @@ def test_rotation_under_traffic_loses_nothing(rotation_server):
             assert player.heartbeat(last_old).status == 200
 
         prunable = next(r for r in KeyStore(directory).records() if r.kid == old).times["retiring"]
-        time.sleep(max(0, prunable + TTL_S + LEEWAY_S - time.time()) + 0.1)
+        time.sleep(max(0, prunable + TTL_S + LEEWAY_S + PROPAGATION_S + RELOAD_S - time.time()) + 0.1)
         said = keys_cli(directory, "prune", **env)
         assert f"{old} is retired" in said
         time.sleep(RELOAD_S * 2 + 0.3)
