@@ -427,7 +427,7 @@ def test_token_signed_with_revoked_key(rotated):
 
 
 def test_token_signed_with_next_key_verifies_until_the_key_is_withdrawn(rotated):
-    """A next key is published, so it verifies (an instance that lags sees the new key as next)."""
+    """Accept a token of a published next key, as a lagging instance must; refuse it once withdrawn."""
     victim = Victim(rotated.client, rotated.keyring)
     kid = rotated.store.generate("ES256")
     nxt = rotated.private(kid)

@@ -322,7 +322,7 @@ def published_kids(instance):
 
 @pytest.fixture
 def fleet(redis_server, tmp_path):
-    """Two instances, each with its own copy of the key directory; the second copy follows 30 s late."""
+    """Start two instances, each on its own copy of the key directory; keep the second copy 30 s behind."""
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     store = KeyStore(first)
     store.generate("ES256")
