@@ -44,6 +44,7 @@ def _keys_settings() -> keys_cli.Settings:
     rotation = RotationPolicy(
         jwks_max_age_s=config.jwks_max_age_s,
         reload_interval_s=config.keys_reload_s,
+        propagation_s=config.keys_propagation_s,
         token_lifetime_s=config.longest_token_s,
         leeway_s=config.token_leeway_s,
     )

@@ -101,6 +101,8 @@ class Config:
     degraded_ttl_s: int = _setting("CONCURRENCY_DEGRADED_TTL", 45)  # a little over one heartbeat interval
     keys_dir: str = _setting("CONCURRENCY_KEYS_DIR", "keys.d")
     keys_reload_s: float = _setting("CONCURRENCY_KEYS_RELOAD", 1.0)  # between checks of the key directory
+    # How late a change of the key directory may reach an instance's copy of it (a mounted secret, a sync).
+    keys_propagation_s: float = _setting("CONCURRENCY_KEYS_PROPAGATION", 30.0)
     signing_key_pem: str = _setting(
         "CONCURRENCY_SIGNING_KEY_PEM", "", secret=True
     )  # instead of the directory
@@ -147,6 +149,8 @@ class Config:
         for name in ("redis_timeout_s", "keys_reload_s"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{self.env_name(name)} must be a positive number of seconds")
+        if not 0 <= self.keys_propagation_s < math.inf:
+            raise ConfigError(f"{self.env_name('keys_propagation_s')} must be a number of seconds, 0 or more")
         unknown = set(self.user_algorithms) - set(USER_ALGORITHMS)
         if unknown or not self.user_algorithms:
             raise ConfigError(

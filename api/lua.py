@@ -24,7 +24,9 @@ reads the hash.
 MAX_TOMBSTONES = 16
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: times are stored relative to it
 
-PRELUDE = f"local EPOCH_MS, MAX_TOMBSTONES = {EPOCH_MS}, {MAX_TOMBSTONES}\n" + """
+PRELUDE = (
+    f"local EPOCH_MS, MAX_TOMBSTONES = {EPOCH_MS}, {MAX_TOMBSTONES}\n"
+    + """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000) - EPOCH_MS
 local key = KEYS[1]
@@ -103,6 +105,7 @@ local function flatten(sessions)
   return flat
 end
 """
+)
 
 # KEYS[1] the user's hash; ARGV[1] device, ARGV[2] stream, ARGV[3] new sid, ARGV[4] ttl ms, ARGV[5] limit,
 # ARGV[6] per-stream limit (0: none), ARGV[7] '1' to evict the oldest at a limit, ARGV[8] tombstone ms,

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from .rotation import Lifecycle, RotationPolicy, Step, at
 from .store import PEM_ENV, KeyStore
 
 KID_COMMANDS = ("retire", "revoke")  # the commands that take a kid as their one positional argument
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +69,31 @@ def add_parser(
         "--token-lifetime", type=float, help="longest token lifetime in s (default: session TTL)"
     )
     command("jwks", _jwks, "print the JWKS the service publishes from this directory")
+    maintain = command(
+        "maintain",
+        _maintain,
+        "do what is due (idempotent; run it hourly): make an active key if none, prune, make a next key if"
+        " none, rotate when the active key is old and the next one published long enough",
+    )
+    maintain.add_argument(
+        "--rotate-after",
+        type=duration,
+        default="30d",
+        metavar="DURATION",
+        help="rotate once the active key has signed this long: 30d, 12h, 90m, 3600s (default %(default)s)",
+    )
+
+
+def duration(text: str) -> float:
+    """Parse `30d`, `12h`, `90m`, `3600s` or `3600` into seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30d, 12h, 90m or 3600s")
+    return seconds
 
 
 def kids_as_positionals(argv: list[str]) -> list[str]:
@@ -149,28 +176,37 @@ def _prune(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def _maintain(args: argparse.Namespace, settings: Settings) -> None:
+    _configure_logging()
+    # With a key from the environment signing, the directory's first key must be published before it signs.
+    store = KeyStore(args.dir or settings.keys_dir, env_pem=settings.env_pem)
+    _tell(Lifecycle(store, settings.rotation).maintain(args.rotate_after), settings.rotation)
+
+
 def _jwks(args: argparse.Namespace, settings: Settings) -> None:
     print(json.dumps(KeySet(_store(args, settings).load()).jwks, indent=2))
 
 
 def _tell(steps: list[Step], policy: RotationPolicy, nothing: str = "nothing to do") -> None:
     """Print one line per step for the operator."""
-    reach = f"{policy.reload_interval_s:g} s (the workers' reload interval)"
+    reach = f"{policy.view_lag_s:g} s (the propagation bound plus the workers' reload interval)"
     for step in steps:
         when = at(step.at) if step.at is not None else ""
         print(
             {
+                "made-active": f"made active key {step.kid} ({step.alg}); it signs now (there was none)",
                 "made-next": f"made next key {step.kid} ({step.alg}); it is published now",
                 "wait-for-caches": f"verifiers may cache the JWKS for {policy.jwks_max_age_s:g} s: run"
                 f" `concurrency-service keys rotate` again after {when}"
                 " (or now with --force, which may fail tokens at verifiers holding an old JWKS)",
-                "signs-from": f"{step.kid} signs from {when} (every worker verifies it by then)",
+                "signs-from": f"{step.kid} signs from {when} (every instance has loaded it by then)",
                 "signs-now": f"{step.kid} signs from now",
                 "retiring": f"{step.kid} is retiring: it verifies until pruned, after {when}",
                 "retired": f"{step.kid} is retired: gone from the JWKS and from verification within {reach}",
                 "pruned": f"{step.kid} is retired (its last token expired)",
                 "stays-retiring": f"{step.kid} stays retiring until {when}",
                 "revoked": f"{step.kid} is revoked: gone from the JWKS and from verification within {reach}",
+                "next-rotation": f"{step.kid} becomes active at the first `keys maintain` after {when}",
             }[step.kind]
         )
     if not steps:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import KeyStoreError, NoSigningKey
 from .material import SigningKey
-from .records import PUBLISHED_STATES, VERIFYING_STATES
+from .records import PUBLISHED_STATES, SIGNING_STATES, VERIFYING_STATES
 from .store import Fingerprint, KeyStore
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,12 @@ class KeySet:
         self.keys = tuple(keys)
         self.verifying = {k.kid: k for k in self.keys if k.state in VERIFYING_STATES}
         # Newest activation first: the first key whose window holds `now` signs. A rotation schedules the new
-        # key's activation a little ahead, so every worker verifies it before any worker signs with it.
+        # key's activation ahead by the reload interval plus the propagation bound, so every instance has
+        # loaded it before any signs with it; until then it verifies as `next` on instances that lag.
         windows = [
             (start, k.record.active_until, k)
-            for k in self.verifying.values()
-            if (start := k.record.active_from) is not None
+            for k in self.keys
+            if k.state in SIGNING_STATES and (start := k.record.active_from) is not None
         ]
         windows.sort(key=lambda w: w[0], reverse=True)
         if windows:  # the oldest signer also covers any earlier time, so a clock behind ours still gets a key

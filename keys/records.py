@@ -1,8 +1,9 @@
 """Key records: what the manifest says of each key (identity, state, times), without key material.
 
 A key moves next -> active -> retiring -> retired, or to revoked at any time. `next`, `active` and
-`retiring` keys are published in the JWKS; `active` and `retiring` keys verify; the newest active key
-whose activation time has come signs.
+`retiring` keys are published in the JWKS, and every published key verifies: an instance whose view of the
+key directory lags still holds a new key as `next` and must accept what up-to-date instances sign with it.
+The newest active key whose activation time has come signs.
 """
 
 import dataclasses
@@ -15,7 +16,8 @@ from .errors import KeyStoreError
 ALGORITHMS = ("ES256", "EdDSA", "RS256")
 STATES = ("next", "active", "retiring", "retired", "revoked")
 PUBLISHED_STATES = ("next", "active", "retiring")
-VERIFYING_STATES = ("active", "retiring")
+VERIFYING_STATES = PUBLISHED_STATES  # what a verifier outside accepts, we accept
+SIGNING_STATES = ("active", "retiring")  # those with a signing window (the manifest's times)
 PRIVATE_STATES = PUBLISHED_STATES  # keys whose private PEM is kept; retired and revoked ones are deleted
 
 KID = re.compile(r"[A-Za-z0-9_-]{43}")  # a base64url SHA-256 thumbprint; also safe as a file name

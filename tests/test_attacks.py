@@ -426,14 +426,18 @@ def test_token_signed_with_revoked_key(rotated):
     }
 
 
-def test_token_signed_with_next_key(rotated):
+def test_token_signed_with_next_key_verifies_until_the_key_is_withdrawn(rotated):
+    """Accept a token of a published next key, as a lagging instance must; refuse it once withdrawn."""
     victim = Victim(rotated.client, rotated.keyring)
     kid = rotated.store.generate("ES256")
     nxt = rotated.private(kid)
     assert nxt.state == "next"
-    header = {**victim.header, "kid": kid}
-    answer = victim.heartbeat(compact(header, victim.claims, nxt.sign))
+    token = compact({**victim.header, "kid": kid}, victim.claims, nxt.sign)
+    assert victim.heartbeat(token).status_code == 200
+    rotated.lifecycle.retire(kid)
+    answer = victim.heartbeat(compact({**victim.header, "kid": kid}, victim.claims, nxt.sign))
     assert answer.status_code == 401
+    assert "unknown key" in answer.json["message"]
 
 
 # -- a few over the real server ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 import ast
 import dataclasses
 import importlib
+import math
 import pathlib
 
 import pytest
@@ -149,6 +150,7 @@ def test_ints_floats_and_strings():
             "CONCURRENCY_MAX_STREAMS": "5",
             "CONCURRENCY_REDIS_TIMEOUT": "0.5",
             "CONCURRENCY_KEYS_RELOAD": "2",
+            "CONCURRENCY_KEYS_PROPAGATION": "90",
             "CONCURRENCY_ISSUER": "https://concurrency.example",
             "CONCURRENCY_REDIS_URL": "rediss://cache:6380/1",
         }
@@ -156,6 +158,7 @@ def test_ints_floats_and_strings():
     assert (config.max_streams, type(config.max_streams)) == (5, int)
     assert (config.redis_timeout_s, type(config.redis_timeout_s)) == (0.5, float)
     assert (config.keys_reload_s, type(config.keys_reload_s)) == (2.0, float)
+    assert (config.keys_propagation_s, type(config.keys_propagation_s)) == (90.0, float)
     assert config.issuer == "https://concurrency.example"
     assert config.redis_url == "rediss://cache:6380/1"
 
@@ -268,6 +271,9 @@ def test_overrides_win_over_the_environment():
         ({"redis_timeout_s": 0}, "CONCURRENCY_REDIS_TIMEOUT must be a positive number"),
         ({"redis_timeout_s": float("nan")}, "CONCURRENCY_REDIS_TIMEOUT must be a positive number"),
         ({"keys_reload_s": -0.5}, "CONCURRENCY_KEYS_RELOAD must be a positive number"),
+        ({"keys_propagation_s": -1.0}, "CONCURRENCY_KEYS_PROPAGATION must be a number of seconds, 0 or more"),
+        ({"keys_propagation_s": math.inf}, "CONCURRENCY_KEYS_PROPAGATION must be a number of seconds"),
+        ({"keys_propagation_s": math.nan}, "CONCURRENCY_KEYS_PROPAGATION must be a number of seconds"),
         ({"redis_mode": "sentinel"}, "CONCURRENCY_REDIS_MODE must be one of standalone, cluster"),
         ({"at_limit": "evict"}, "CONCURRENCY_AT_LIMIT must be one of reject, evict-oldest"),
         ({"on_store_error": "ignore"}, "CONCURRENCY_ON_STORE_ERROR must be one of closed, open"),
@@ -293,8 +299,16 @@ def test_unsafe_or_broken_values_are_refused(values, message):
 
 
 def test_the_smallest_valid_values_are_accepted():
-    config = Config(max_streams=1, stream_limit=0, token_leeway_s=0, token_cache_size=0, retry_after_s=0)
+    config = Config(
+        max_streams=1,
+        stream_limit=0,
+        token_leeway_s=0,
+        token_cache_size=0,
+        retry_after_s=0,
+        keys_propagation_s=0.0,  # one instance reading its own directory
+    )
     assert (config.max_streams, config.stream_limit, config.token_cache_size) == (1, 0, 0)
+    assert config.keys_propagation_s == 0
     jwks = Config(user_jwks="jwks.json", user_issuer="https://idp.example", user_audience="concurrency")
     assert jwks.user_jwks == "jwks.json"
 

@@ -4,10 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from api.cli import main
+from keys.cli import duration
+from keys.rotation import at
 
 
 @pytest.fixture
@@ -130,3 +133,47 @@ def test_kid_that_starts_with_a_dash_is_taken_as_typed(keys, command):
     assert code == 0, err
     assert f"{kid} is {command}d" in out
     assert {r["kid"]: r["state"] for r in records(keys.directory)}[kid] == f"{command}d"
+
+
+def test_rotate_schedules_the_switch_after_the_propagation_bound(keys, monkeypatch):
+    monkeypatch.setenv("CONCURRENCY_KEYS_PROPAGATION", "100")
+    monkeypatch.setenv("CONCURRENCY_KEYS_RELOAD", "2")
+    keys("generate")
+    before = time.time()
+    code, out, _ = keys("rotate", "--force")
+    after = time.time()
+    (active,) = [r for r in records(keys.directory) if r["state"] == "active"]
+    assert code == 0 and f"{active['kid']} signs from" in out
+    assert before + 103 <= active["times"]["active"] <= after + 103  # propagation + reload + 1 s margin
+
+
+def test_maintain_does_what_is_due_and_nothing_more(keys, monkeypatch):
+    code, out, _ = keys("maintain")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 3
+    assert lines[0].startswith("made active key") and lines[1].startswith("made next key")
+    active, nxt = records(keys.directory)
+    waits = f"{nxt['kid']} becomes active at the first `keys maintain` after"
+    assert lines[2] == f"{waits} {at(active['created'] + 30 * 86400)}"  # the default --rotate-after, 30d
+    code, out, _ = keys("maintain", "--rotate-after", "12h")
+    assert code == 0 and out == f"{waits} {at(active['created'] + 43200)}\n"
+    monkeypatch.setenv("CONCURRENCY_JWKS_MAX_AGE", "0")
+    code, out, _ = keys("maintain", "--rotate-after", "0.001s")
+    assert code == 0 and f"{nxt['kid']} signs from" in out and f"{active['kid']} is retiring" in out
+    assert [r["state"] for r in records(keys.directory)] == ["retiring", "active", "next"]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30d", 2592000), ("12h", 43200), ("90m", 5400), ("3600s", 3600), ("1.5", 1.5)]
+)
+def test_durations(text, seconds):
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0s", "-1d", "1w", "d", "infd", "nan", "12 hours"])
+def test_bad_durations_are_refused(keys, capsys, text):
+    with pytest.raises(SystemExit) as exited:
+        keys("maintain", f"--rotate-after={text}")
+    assert exited.value.code == 2
+    assert "is not a duration such as 30d" in capsys.readouterr().err
+    assert not os.path.exists(keys.directory)

@@ -9,7 +9,10 @@ from keys.keyring import KeySet
 from keys.rotation import ACTIVATION_MARGIN_S, Lifecycle, RotationPolicy, Step
 from keys.store import KeyStore
 
-POLICY = RotationPolicy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+POLICY = RotationPolicy(
+    jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5, propagation_s=30
+)
+LAG_S = 31  # propagation bound + reload interval: how late an instance may act on a change
 
 
 class Clock:
@@ -77,15 +80,16 @@ def test_rotate_moves_every_state_and_schedules_the_switch(store, lifecycle, clo
     records = {r.kid: r for r in store.records()}
     (successor,) = by_state(store, "next")
     assert (records[old].state, records[nxt].state) == ("retiring", "active")
-    switch = clock.now + POLICY.reload_interval_s + ACTIVATION_MARGIN_S
+    switch = clock.now + LAG_S + ACTIVATION_MARGIN_S  # every instance has loaded the rotation by then
     assert records[nxt].times["active"] == switch == records[old].times["retiring"]
     assert records[successor].alg == "EdDSA"
     assert Step("signs-from", nxt, switch) in said
     assert Step("retiring", old, switch + POLICY.retiring_s) in said
     keys = KeySet(store.load())
     assert keys.signing_at(clock.now).kid == old
+    assert keys.signing_at(clock.now + LAG_S).kid == old  # an instance that loaded it last has not switched
     assert keys.signing_at(switch).kid == nxt
-    assert set(keys.verifying) == {old, nxt}
+    assert set(keys.verifying) == {old, nxt, successor}
     assert {k["kid"] for k in keys.jwks["keys"]} == {old, nxt, successor}
     for action in ("activate", "retire-signing", "generate"):
         assert f'"action": "{action}"' in audit(store)
@@ -125,7 +129,7 @@ def test_retire_a_next_key(store, lifecycle):
 def test_retire_a_retiring_key_waits_for_its_tokens(store, lifecycle, clock):
     old = store.generate("ES256")
     lifecycle.rotate(force=True)
-    clock.now += 10
+    clock.now += POLICY.activation_delay_s + 10
     with pytest.raises(RotationRefused, match="may be valid until"):
         lifecycle.retire(old)
     lifecycle.retire(old, force=True)
@@ -169,15 +173,16 @@ def test_unknown_kid(lifecycle, store):
         lifecycle.revoke("nope")
 
 
-def test_prune_waits_for_the_longest_token_lifetime_plus_leeway(store, lifecycle, clock):
+def test_prune_waits_for_the_longest_token_lifetime_plus_leeway_plus_a_lag(store, lifecycle, clock):
     old = store.generate("ES256")
     lifecycle.rotate(force=True)
     switch = next(r for r in store.records() if r.kid == old).times["retiring"]
-    clock.now = switch + POLICY.token_lifetime_s + POLICY.leeway_s - 0.5
+    prunable = switch + POLICY.token_lifetime_s + POLICY.leeway_s + LAG_S
+    assert POLICY.retiring_s == prunable - switch
+    # an instance that sees the switch a lag late signs with the old key until then: its tokens must verify
+    clock.now = prunable - 0.5
     said = lifecycle.prune()
-    assert states(store)[old] == "retiring" and said == [
-        Step("stays-retiring", old, switch + POLICY.retiring_s)
-    ]
+    assert states(store)[old] == "retiring" and said == [Step("stays-retiring", old, prunable)]
     clock.now += 0.5
     said = lifecycle.prune()
     assert states(store)[old] == "retired" and said == [Step("pruned", old, clock.now)]
@@ -213,3 +218,137 @@ def test_there_is_always_a_signing_key(store, lifecycle, clock):
         lifecycle.prune()
         assert KeySet(store.load()).signing_at(clock.now) is not None
     assert len(by_state(store, "active")) == 1 and len(by_state(store, "next")) == 1
+
+
+# -- maintain: what a scheduler runs every hour -------------------------------------------------------
+
+DAY_S = 86400
+ROTATE_AFTER_S = 30 * DAY_S
+
+
+def manifest_and_log(store):
+    with open(store.manifest_path, "rb") as manifest:
+        return manifest.read(), audit(store)
+
+
+def test_maintain_makes_an_active_and_a_next_key_in_an_empty_directory(store, lifecycle, clock):
+    said = lifecycle.maintain(ROTATE_AFTER_S)
+    (active,), (nxt,) = by_state(store, "active"), by_state(store, "next")
+    assert said == [
+        Step("made-active", active, clock.now, "ES256"),
+        Step("made-next", nxt, clock.now, "ES256"),
+        Step("next-rotation", nxt, clock.now + ROTATE_AFTER_S),
+    ]
+    assert KeySet(store.load()).signing_at(clock.now).kid == active
+
+
+def test_maintain_twice_changes_nothing_the_second_time(store, lifecycle, clock):
+    lifecycle.maintain(ROTATE_AFTER_S)
+    before = manifest_and_log(store)
+    clock.now += 3600
+    (step,) = lifecycle.maintain(ROTATE_AFTER_S)
+    assert step.kind == "next-rotation"
+    assert manifest_and_log(store) == before
+
+
+def test_maintain_publishes_a_next_key_when_there_is_none(store, lifecycle, clock):
+    active = store.generate("EdDSA")
+    clock.now += 40 * DAY_S  # old enough to rotate, but a rotation needs a published next key first
+    said = lifecycle.maintain(ROTATE_AFTER_S)
+    (nxt,) = by_state(store, "next")
+    assert said == [
+        Step("made-next", nxt, clock.now, "EdDSA"),
+        Step("next-rotation", nxt, clock.now + POLICY.jwks_max_age_s),
+    ]
+    assert by_state(store, "active") == [active]
+
+
+def test_maintain_waits_for_the_active_key_to_age(store, lifecycle, clock):
+    active = store.generate("ES256")
+    nxt = store.generate("ES256")
+    clock.now += ROTATE_AFTER_S - 1
+    assert lifecycle.maintain(ROTATE_AFTER_S) == [Step("next-rotation", nxt, clock.now + 1)]
+    assert by_state(store, "active") == [active]
+
+
+def test_maintain_waits_for_the_next_key_to_be_published_for_the_jwks_max_age(store, lifecycle, clock):
+    active = store.generate("ES256")
+    clock.now += 40 * DAY_S
+    nxt = store.generate("ES256")
+    clock.now += POLICY.jwks_max_age_s - 1
+    assert lifecycle.maintain(ROTATE_AFTER_S) == [Step("next-rotation", nxt, clock.now + 1)]
+    assert by_state(store, "active") == [active]
+
+
+def test_maintain_rotates_when_both_are_due(store, lifecycle, clock):
+    old = store.generate("ES256")
+    nxt = store.generate("ES256")
+    clock.now += ROTATE_AFTER_S
+    said = lifecycle.maintain(ROTATE_AFTER_S)
+    (successor,) = by_state(store, "next")
+    switch = clock.now + POLICY.activation_delay_s
+    assert said == [
+        Step("signs-from", nxt, switch),
+        Step("retiring", old, switch + POLICY.retiring_s),
+        Step("made-next", successor, clock.now, "ES256"),
+    ]
+    assert (by_state(store, "active"), by_state(store, "retiring")) == ([nxt], [old])
+    # while the switch is pending, another run neither rotates again nor fails
+    clock.now += 1
+    assert lifecycle.maintain(ROTATE_AFTER_S) == [
+        Step("stays-retiring", old, switch + POLICY.retiring_s),
+        Step("next-rotation", successor, switch + ROTATE_AFTER_S),
+    ]
+
+
+def test_maintain_prunes_what_is_due(store, lifecycle, clock):
+    old = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    prunable = next(r for r in store.records() if r.kid == old).times["retiring"] + POLICY.retiring_s
+    clock.now = prunable - 1
+    assert Step("stays-retiring", old, prunable) in lifecycle.maintain(ROTATE_AFTER_S)
+    clock.now = prunable
+    assert lifecycle.maintain(ROTATE_AFTER_S)[0] == Step("pruned", old, prunable)
+    assert states(store)[old] == "retired"
+    assert not os.path.exists(os.path.join(store.directory, f"{old}.pem"))
+
+
+def test_maintain_publishes_a_key_before_it_takes_over_from_an_environment_key(tmp_path, clock):
+    env_key = KeyStore(str(tmp_path / "elsewhere"))
+    env_kid = env_key.generate("ES256")
+    with open(os.path.join(env_key.directory, f"{env_kid}.pem")) as file:
+        store = KeyStore(str(tmp_path / "keys"), clock=clock, env_pem=file.read())
+    lifecycle = Lifecycle(store, POLICY, clock=clock)
+    (made, wait) = lifecycle.maintain(ROTATE_AFTER_S)
+    assert (made.kind, wait.kind, by_state(store, "active")) == ("made-next", "next-rotation", [])
+    assert KeySet(store.load()).signing_at(clock.now).kid == env_kid
+    clock.now = wait.at  # the environment key's age is unknown: rotate as soon as the next key may sign
+    said = lifecycle.maintain(ROTATE_AFTER_S)
+    assert said[0] == Step("signs-from", made.kid, clock.now + POLICY.activation_delay_s)
+    keys = KeySet(store.load())
+    assert keys.signing_at(clock.now).kid == env_kid
+    assert keys.signing_at(said[0].at).kid == made.kid
+
+
+def test_hourly_maintain_rotates_monthly_and_never_signs_an_unready_key(store, lifecycle, clock):
+    """Run maintain every hour for 100 days: rotations every 30 days, each after the rules allow it."""
+    started = clock.now
+    switches, prunable, pruned = [], {}, {}
+    for _ in range(100 * 24):
+        for step in lifecycle.maintain(ROTATE_AFTER_S):
+            if step.kind == "signs-from":
+                switches.append(step.at)
+            elif step.kind in ("retiring", "pruned"):
+                (prunable if step.kind == "retiring" else pruned)[step.kid] = step.at
+        records = store.records()
+        keys = KeySet(store.load())
+        assert keys.signing_at(clock.now) is not None
+        for record in records:
+            if record.state == "active" and record.times.get("next") is not None:
+                assert record.times["active"] - record.times["next"] >= POLICY.jwks_max_age_s
+        assert sum(r.state == "retiring" for r in records) <= 1
+        clock.now += 3600
+    assert [round((s - started) / DAY_S) for s in switches] == [30, 60, 90]
+    assert [r.state for r in store.records()] == ["retired", "retired", "retired", "active", "next"]
+    assert pruned.keys() == prunable.keys()
+    assert all(0 <= pruned[kid] - prunable[kid] < 3600 for kid in pruned)  # pruned at the first run after

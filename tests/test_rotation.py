@@ -8,12 +8,14 @@ token.
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from players import admitted, heartbeat, jwks, legacy_heartbeat, legacy_started, start
 from processes import ServerProcess, request, wait_until
 
 from api.config import Config
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.http, pytest.mark.redis]
 TTL_S = 3
 LEEWAY_S = 1
 RELOAD_S = 0.2
+PROPAGATION_S = 0  # one instance reading the directory the commands write
 
 
 def kid_of(token):
@@ -78,9 +81,10 @@ class Player(threading.Thread):
 class JwksWatcher(threading.Thread):
     """Fetch the JWKS continuously; record (sent at, kids)."""
 
-    def __init__(self, port):
+    def __init__(self, port, pause_s=0.01):
         super().__init__(daemon=True)
         self._port = port
+        self._pause_s = pause_s
         self.stopping = threading.Event()
         self.seen = []
 
@@ -90,7 +94,7 @@ class JwksWatcher(threading.Thread):
             answer = request(self._port, "GET", "/.well-known/jwks.json")
             assert answer.status == 200
             self.seen.append((sent, {k["kid"] for k in answer.json()["keys"]}))
-            time.sleep(0.01)
+            time.sleep(self._pause_s)
 
 
 @pytest.fixture
@@ -105,6 +109,7 @@ def rotation_server(redis_server, tmp_path):
         session_ttl_s=TTL_S,
         token_leeway_s=LEEWAY_S,
         keys_reload_s=RELOAD_S,
+        keys_propagation_s=PROPAGATION_S,
     )
     yield server, directory
     server.stop()
@@ -112,7 +117,12 @@ def rotation_server(redis_server, tmp_path):
 
 def test_rotation_under_traffic_loses_nothing(rotation_server):
     server, directory = rotation_server
-    env = {"session_ttl_s": TTL_S, "token_leeway_s": LEEWAY_S, "keys_reload_s": RELOAD_S}
+    env = {
+        "session_ttl_s": TTL_S,
+        "token_leeway_s": LEEWAY_S,
+        "keys_reload_s": RELOAD_S,
+        "keys_propagation_s": PROPAGATION_S,
+    }
     players = [Player(server.port, f"rotation-{i}-{time.monotonic_ns()}") for i in range(4)]
     watcher = JwksWatcher(server.port)
     for thread in (*players, watcher):
@@ -133,7 +143,7 @@ def test_rotation_under_traffic_loses_nothing(rotation_server):
             assert player.heartbeat(last_old).status == 200
 
         prunable = next(r for r in KeyStore(directory).records() if r.kid == old).times["retiring"]
-        time.sleep(max(0, prunable + TTL_S + LEEWAY_S - time.time()) + 0.1)
+        time.sleep(max(0, prunable + TTL_S + LEEWAY_S + PROPAGATION_S + RELOAD_S - time.time()) + 0.1)
         said = keys_cli(directory, "prune", **env)
         assert f"{old} is retired" in said
         time.sleep(RELOAD_S * 2 + 0.3)
@@ -194,3 +204,200 @@ def test_a_rotation_reaches_every_worker_within_the_reload_interval(redis_server
         f" manifest was written; first fresh at {min(fresh) * 1000:.0f} ms; {len(answers)} JWKS requests"
     )
     assert fresh and last_stale_s < 1.0 + 0.3
+
+
+# -- a fleet whose instances see the key directory 30 s apart ----------------------------------------
+
+FLEET = {
+    "session_ttl_s": TTL_S,
+    "token_leeway_s": LEEWAY_S,
+    "keys_reload_s": RELOAD_S,
+    "jwks_max_age_s": 2,
+    # The bound the commands plan with. The second instance lags 30 s, beyond it: it still has the old
+    # manifest when the first switches, so only verify-next and prune's lag headroom keep it working.
+    "keys_propagation_s": 16,
+}
+SYNC_LAG_S = 30
+
+
+def key_files(directory):
+    """Return {name: bytes} of the manifest and the PEMs: what a sync of the directory carries."""
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        if name == "keys.json" or name.endswith(".pem"):
+            with open(os.path.join(directory, name), "rb") as file:
+                files[name] = file.read()
+    return files
+
+
+def install(files, directory):
+    """Write `files` into `directory` as a sync does: each by an atomic rename, PEMs before the manifest."""
+    present = key_files(directory)
+    for name in sorted(files, key=lambda n: n == "keys.json"):
+        if present.get(name) == files[name]:
+            continue
+        temporary = os.path.join(directory, f".sync-{name}")
+        mode = 0o644 if name == "keys.json" else 0o600  # the service refuses PEMs that others can read
+        with os.fdopen(os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode), "wb") as file:
+            file.write(files[name])
+        os.replace(temporary, os.path.join(directory, name))
+    for name in set(present) - set(files):
+        os.unlink(os.path.join(directory, name))
+
+
+class LaggingSync(threading.Thread):
+    """Copy a key directory to another, each change `lag_s` after it happened."""
+
+    def __init__(self, source, target, lag_s):
+        super().__init__(daemon=True)
+        self._source, self._target, self._lag_s = source, target, lag_s
+        self.stopping = threading.Event()
+        self.copies = []  # (changed at, copied at, the manifest's states by kid)
+
+    def run(self):
+        seen, pending = key_files(self._source), []
+        while not self.stopping.is_set():
+            now = time.time()
+            files = key_files(self._source)
+            if files != seen:
+                pending.append((now, files))
+                seen = files
+            while pending and pending[0][0] + self._lag_s <= now:
+                changed, files = pending.pop(0)
+                install(files, self._target)
+                states = {k["kid"]: k["state"] for k in json.loads(files["keys.json"])["keys"]}
+                self.copies.append((changed, time.time(), states))
+            time.sleep(0.05)
+
+
+class FleetPlayer(threading.Thread):
+    """Heartbeat one session continuously, each call to the next instance in turn; record every answer."""
+
+    def __init__(self, instances, name, legacy):
+        super().__init__(daemon=True)
+        self._instances = instances
+        self._legacy = legacy
+        self.stopping = threading.Event()
+        self.beats = []  # (answered at, instance index, kid presented, kid received)
+        self.failures = []
+        if legacy:
+            self.sid, self.token = legacy_started(instances[0], name, "tv")
+        else:
+            self.sid, self.token = admitted(start(instances[0], user=name))
+
+    def heartbeat(self, instance, token):
+        call = legacy_heartbeat if self._legacy else heartbeat
+        return call(self._instances[instance], self.sid, token)
+
+    def run(self):
+        turn = 0
+        while not self.stopping.is_set():
+            turn = 1 - turn
+            answer = self.heartbeat(turn, self.token)
+            if answer.status != 200:
+                self.failures.append((time.time(), turn, kid_of(self.token), answer.status, answer.body))
+                continue
+            token = answer.json()["token"]
+            self.beats.append((time.time(), turn, kid_of(self.token), kid_of(token), exp_of(token)))
+            self.token = token
+            time.sleep(0.03)
+
+
+def prune_when_due(directory):
+    """Run `keys prune` again at the time it names until it retires a key; return what it said."""
+    while True:
+        said = keys_cli(directory, "prune", **FLEET)
+        due = re.search(r"stays retiring until (\S+ \S+)", said)
+        if due is None:
+            return said
+        due_at = time.mktime(
+            time.strptime(due[1], "%Y-%m-%d %H:%M:%S")
+        )  # printed to the second, rounded down
+        time.sleep(max(0.3, due_at - time.time()))
+
+
+def published_kids(instance):
+    return {k["kid"] for k in jwks(instance)["keys"]}
+
+
+@pytest.fixture
+def fleet(redis_server, tmp_path):
+    """Start two instances, each on its own copy of the key directory; keep the second copy 30 s behind."""
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    store = KeyStore(first)
+    store.generate("ES256")
+    store.generate("ES256")  # next: published on both from the start
+    os.makedirs(second, mode=0o700)
+    install(key_files(first), second)
+    instances = [ServerProcess(redis_server.url, first, workers=2, threads=4, **FLEET)]
+    try:
+        instances.append(ServerProcess(redis_server.url, second, workers=2, threads=4, **FLEET))
+        sync = LaggingSync(first, second, SYNC_LAG_S)
+        sync.start()
+        yield instances, first, sync
+        sync.stopping.set()
+        sync.join(timeout=10)
+    finally:
+        for instance in instances:
+            instance.stop()
+
+
+def test_rotation_across_instances_that_see_the_key_directory_30_s_apart(fleet):
+    instances, directory, sync = fleet
+    old, new = (r.kid for r in KeyStore(directory).records())
+    players = [
+        FleetPlayer(instances, f"fleet-{i}-{time.monotonic_ns()}", legacy=i % 2 == 1) for i in range(4)
+    ]
+    watchers = [JwksWatcher(instance.port, pause_s=0.25) for instance in instances]
+    threads = [*players, *watchers]
+    for thread in threads:
+        thread.start()
+    try:
+        published = KeyStore(directory).records()[1].created
+        time.sleep(max(0.5, published + FLEET["jwks_max_age_s"] - time.time()))
+        said = keys_cli(
+            directory, "rotate", **FLEET
+        )  # not forced: the next key has been published long enough
+        assert f"{new} signs from" in said
+        switch = next(r for r in KeyStore(directory).records() if r.kid == new).times["active"]
+        said = prune_when_due(directory)
+        assert f"{old} is retired" in said
+        pruned = time.time()
+        wait_until(
+            lambda: all(old not in published_kids(instance) for instance in instances),
+            timeout_s=SYNC_LAG_S + 5,
+            what="the old key gone from the JWKS of both instances",
+        )
+        assert all(new in published_kids(instance) for instance in instances)
+    finally:
+        for thread in threads:
+            thread.stopping.set()
+        for thread in threads:
+            thread.join(timeout=15)
+
+    assert [f for p in players for f in p.failures] == []
+    beats = [beat for player in players for beat in player.beats]
+    assert len(beats) > 500
+    rotated_at, second_saw_it = next((c[0], c[1]) for c in sync.copies if c[2].get(new) == "active")
+    pruned_at = next(c[0] for c in sync.copies if c[2][old] == "retired")
+    assert second_saw_it - rotated_at >= SYNC_LAG_S and rotated_at < switch < second_saw_it
+    assert switch < pruned_at < pruned
+    for instance in (0, 1):
+        assert {received for _, at, _, received, _ in beats if at == instance} == {old, new}
+    # the lagging instance, on the old manifest, took new-key tokens while it still signed with the old key
+    assert any(at == 1 and presented == new and received == old for _, at, presented, received, _ in beats)
+    # the up-to-date instance took old-key tokens signed by the lagging one after its own switch
+    assert any(
+        when > switch + 1 and at == 0 and presented == old and received == new
+        for when, at, presented, received, _ in beats
+    )
+    # each instance's JWKS always held the kid of every token either instance had handed out and not expired
+    for watcher in watchers:
+        for sent, kids in watcher.seen:
+            live = {kid for when, _, _, kid, exp in beats if when < sent and exp + LEEWAY_S > sent}
+            assert live <= kids, (sent, live - kids)
+    print(
+        f"\nfleet rotation: switch {switch - rotated_at:.1f} s after rotate; second instance updated"
+        f" {second_saw_it - rotated_at:.1f} s after; pruned {pruned_at - switch:.1f} s after the switch;"
+        f" {len(beats)} heartbeats, none failed"
+    )

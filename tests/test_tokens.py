@@ -111,7 +111,9 @@ def test_rotation_switches_signing_at_the_scheduled_time(tmp_path):
     first = store.generate("ES256")
     keyring = Keyring(store, reload_interval_s=0)
     tokens = SessionTokens(keyring, ISSUER, AUDIENCE, clock=clock)
-    policy = RotationPolicy(jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5)
+    policy = RotationPolicy(
+        jwks_max_age_s=300, reload_interval_s=1, token_lifetime_s=60, leeway_s=5, propagation_s=30
+    )
     Lifecycle(store, policy, clock=clock).rotate(force=True)
     second = next(r.kid for r in store.records() if r.state == "active")
     now = int(clock.now)
@@ -119,12 +121,14 @@ def test_rotation_switches_signing_at_the_scheduled_time(tmp_path):
     def kid_at(t):
         return decode_segment(tokens.sign(SESSION, t, 60).split(".")[0])["kid"]
 
-    # every worker verifies the new key from now on, but it signs only after the activation delay
+    # every worker verifies the new key from now on, but it signs only after the activation delay: the reload
+    # interval, the propagation bound and a margin, by when every instance has loaded the rotation
     assert second in keyring.current.verifying
     assert kid_at(now) == first
-    assert kid_at(now + 3) == second
+    assert kid_at(now + 31) == first
+    assert kid_at(now + 33) == second
     old_token = tokens.sign(SESSION, now, 60)
-    clock.now += 3
+    clock.now += 33
     assert tokens.verify(old_token)["sid"] == "sid-1"  # the retiring key still verifies
 
 
