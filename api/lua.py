@@ -11,14 +11,15 @@ field per session:
 
 Times are milliseconds of the Redis server clock (`TIME`) since 2025-01-01, 8 base-36 digits each (good
 until 2114); device and stream ids are escaped by the app so they contain no `|`. Every byte counts: a
-live session costs less than 1.3 times the seed's one string key per session (docs/performance.md). An ended session leaves a tombstone until every token it was given
-has expired, so a heartbeat can tell the player why it ended and can never resume it. A user keeps at
-most MAX_TOMBSTONES of them (the stopped ones go first, then the oldest): a start/stop loop cannot grow
-its hash, and whatever a dropped tombstone lets back in is still held to the user's own limits. Every
-script reads only its user's hash, so one account's work is bounded by its own sessions and tombstones.
-Small hashes stay in Redis's compact listpack encoding. The key's TTL is pushed to the latest time it
-must keep, so an idle user's hash disappears by itself; whatever expired is pruned whenever a script
-reads the hash.
+live session costs less than 1.3 times the seed's one string key per session (docs/performance.md).
+
+An ended session leaves a tombstone until every token it was given has expired, so a heartbeat can tell
+the player why it ended and can never resume it. A user keeps at most MAX_TOMBSTONES of them (the
+stopped ones go first, then the oldest): a start/stop loop cannot grow its hash, and whatever a dropped
+tombstone lets back in is still held to the user's own limits. Every script reads only its user's hash,
+so one account's work is bounded by its own sessions and tombstones. Small hashes stay in Redis's
+compact listpack encoding. The key's TTL is pushed to the latest time it must keep, so an idle user's
+hash disappears by itself; whatever expired is pruned whenever a script reads the hash.
 """
 
 MAX_TOMBSTONES = 16

@@ -12,9 +12,9 @@ import redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import lua
-from .lua import EPOCH_MS
 from .cluster import LazyCluster
 from .errors import LimitReached, SessionGone, StoreUnavailable
+from .lua import EPOCH_MS
 from .pipeline import FastScript, Pipeline
 from .sessions import Admission, Limits, Session, new_session_id
 
