@@ -147,6 +147,15 @@ export interface RetryEventDetail {
   error: ConcurrencyError | Error;
 }
 
+/** A listener as EventTarget takes it (spelled out so that Node-only projects need no DOM typings). */
+export type Listener = ((event: Event) => void) | { handleEvent(event: Event): void };
+export interface ListenerOptions {
+  capture?: boolean;
+  once?: boolean;
+  passive?: boolean;
+  signal?: AbortSignal;
+}
+
 /** An event of a session, `detail` carrying its data. */
 export interface ConcurrencyEvent<T> extends Event {
   readonly detail: T;
@@ -189,23 +198,15 @@ export class ConcurrencySession extends EventTarget {
   addEventListener<K extends keyof ConcurrencySessionEventMap>(
     type: K,
     listener: (event: ConcurrencySessionEventMap[K]) => void,
-    options?: boolean | AddEventListenerOptions,
+    options?: boolean | ListenerOptions,
   ): void;
-  addEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | AddEventListenerOptions,
-  ): void;
+  addEventListener(type: string, listener: Listener | null, options?: boolean | ListenerOptions): void;
   removeEventListener<K extends keyof ConcurrencySessionEventMap>(
     type: K,
     listener: (event: ConcurrencySessionEventMap[K]) => void,
-    options?: boolean | EventListenerOptions,
+    options?: boolean | ListenerOptions,
   ): void;
-  removeEventListener(
-    type: string,
-    listener: EventListenerOrEventListenerObject | null,
-    options?: boolean | EventListenerOptions,
-  ): void;
+  removeEventListener(type: string, listener: Listener | null, options?: boolean | ListenerOptions): void;
 }
 
 /** Talks to one concurrency service. */

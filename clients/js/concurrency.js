@@ -141,7 +141,7 @@ export class ConcurrencyClient {
     if (!(settings.heartbeatRatio > 0 && settings.heartbeatRatio < 1)) {
       throw new TypeError("options.heartbeatRatio must be between 0 and 1");
     }
-    const fetchImpl = options.fetch ?? ((...args) => globalThis.fetch(...args));
+    const fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
     const win = options.window === undefined ? globalThis.window : options.window;
     this.#ctx = {
       baseUrl: options.baseUrl.replace(/\/+$/, ""),
@@ -542,6 +542,12 @@ function parseRetryAfter(value) {
 /**
  * Send one request; resolve with `{status, body, retryAfterMs}` for any HTTP answer, reject with a
  * ConcurrencyError (`network_error`, `timeout`) when none came, or with the signal's reason when aborted.
+ *
+ * @param {any} ctx
+ * @param {string} method
+ * @param {string} path
+ * @param {{bearer?: string, json?: object, signal?: AbortSignal, timeoutMs?: number, keepalive?: boolean}} options
+ * @returns {Promise<{status: number, body: any, retryAfterMs: number | null}>}
  */
 async function send(ctx, method, path, { bearer, json, signal, timeoutMs, keepalive = false }) {
   const headers = { Accept: "application/json" };
