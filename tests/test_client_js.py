@@ -21,7 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from players import assert_gone, bearer, heartbeat, new_user, session_claims
+from players import admitted, assert_gone, bearer, heartbeat, new_user, session_claims, start, stop
 from processes import RedisServer, ServerProcess, request, wait_until
 
 pytestmark = [pytest.mark.http, pytest.mark.redis, pytest.mark.browser]
@@ -52,8 +52,9 @@ class SameOriginServer:
 
     Every forwarded call is recorded in `calls` (method, path, Authorization, status, answered token)."""
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, pages=None):
         self.calls = []
+        pages = pages or {}
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +66,8 @@ class SameOriginServer:
                     self._forward()
                 elif path == "/blank":
                     self._send(200, {"Content-Type": "text/html"}, b"<!doctype html><title>elsewhere</title>")
+                elif path in pages:
+                    self._send(200, {"Content-Type": "text/html", "Cache-Control": "no-store"}, pages[path])
                 else:
                     self._static(path)
 
@@ -194,12 +197,12 @@ def open_page(browser):
     """Return open(origin): a page of the harness served by that SameOriginServer; closed after the test."""
     pages = []
 
-    def open_(origin):
+    def open_(origin, path="/test/browser.html", ready="window.harnessReady === true"):
         page = browser.new_page()
         page.errors = []
         page.on("pageerror", lambda error: page.errors.append(str(error)))
-        page.goto(f"{origin.url}/test/browser.html")
-        page.wait_for_function("window.harnessReady === true", timeout=10_000)
+        page.goto(origin.url + path)
+        page.wait_for_function(ready, timeout=10_000)
         pages.append(page)
         return page
 
@@ -211,9 +214,15 @@ def open_page(browser):
         assert errors == [], errors
 
 
+def integration_page():
+    """The complete minimal page of docs/integration.md (its one html block)."""
+    [html] = re.findall(r"^```html\n(.*?)^```$", (ROOT / "docs" / "integration.md").read_text(), re.M | re.S)
+    return html.encode()
+
+
 @pytest.fixture(scope="module")
 def origin(service):
-    server = SameOriginServer(service.port)
+    server = SameOriginServer(service.port, pages={"/example.html": integration_page()})
     yield server
     server.close()
 
@@ -362,6 +371,45 @@ def test_browser_stops_the_session_when_the_page_goes_away(service, origin, open
     [stop] = stops()
     assert stop["status"] == 204
     assert_gone(heartbeat(service, sid, last_token), "stopped")
+
+
+def test_browser_the_integration_guide_page_works(service, origin, open_page):
+    """docs/integration.md's page: refused at the limit, plays with a live token, kicked, played, stopped."""
+    user = new_user("page")
+    page = open_page(
+        origin, f"/example.html?user={user}", ready="typeof window.currentPlaybackToken === 'function'"
+    )
+    status = page.locator("#status")
+    elsewhere = admitted(start(service, device="other-device", user=user))
+    page.click("#play")
+    page.wait_for_function("() => !document.querySelector('#play').disabled")
+    # The devices are named only where the service lists the sessions holding the limit to this caller.
+    assert re.fullmatch(
+        r"Your account already plays 1 stream\(s\)( \(on other-device\))?\.", status.text_content()
+    )
+    assert stop(service, *elsewhere).status == 204
+
+    def play():
+        page.click("#play")
+        page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('Playing')")
+        sid = re.fullmatch(r"Playing \(session (\S+)\)\.", status.text_content()).group(1)
+        token = page.evaluate("window.currentPlaybackToken()")
+        assert session_claims(service, token)["sid"] == sid
+        return sid, token
+
+    sid, first = play()
+    page.wait_for_function("(t) => window.currentPlaybackToken() !== t", arg=first, timeout=2 * TTL_S * 1000)
+    assert session_claims(service, page.evaluate("window.currentPlaybackToken()"))["sid"] == sid
+    assert service.request("DELETE", f"/v1/users/{user}/sessions/{sid}", headers=bearer(ADMIN)).status == 204
+    page.wait_for_function("() => !document.querySelector('#play').disabled", timeout=2 * TTL_S * 1000)
+    assert status.text_content() == "Playback was stopped from your account settings."
+    assert page.evaluate("window.currentPlaybackToken()") is None
+
+    sid, token = play()
+    page.click("#stop")
+    page.wait_for_function("() => document.querySelector('#status').textContent === 'Stopped.'")
+    wait_until(lambda: heartbeat(service, sid, token).status == 410, timeout_s=5, what="the stop")
+    assert_gone(heartbeat(service, sid, token), "stopped")
 
 
 # --- Node -----------------------------------------------------------------------------------------
