@@ -152,11 +152,13 @@ def service(redis_server, keys_dir):
 def fragile(tmp_path_factory, keys_dir):
     """A service on a Redis of its own, which the tests pause; short Redis timeouts."""
     redis = RedisServer(tmp_path_factory.mktemp("fragile-redis"))
-    process = ServerProcess(redis.url, keys_dir, session_ttl_s=FRAGILE_TTL_S, redis_timeout_s=0.2)
-    process.redis = redis
-    yield process
-    process.stop()
-    redis.stop()
+    try:
+        process = ServerProcess(redis.url, keys_dir, session_ttl_s=FRAGILE_TTL_S, redis_timeout_s=0.2)
+        process.redis = redis
+        yield process
+        process.stop()
+    finally:
+        redis.stop()  # also lets a paused redis-server go on (SIGCONT) before stopping it
 
 
 def pause_redis(redis, seconds):
