@@ -154,6 +154,9 @@ export function createVerifier({
       }
       throw error;
     }
+    if (claims.aud !== audience) {
+      throw new Refused(401, "audience is not ours alone"); // jose accepts a list containing it; we write one
+    }
     for (const name of ["sub", "sid", "stream", "device", "jti"]) {
       if (typeof claims[name] !== "string") {
         throw new Refused(401, `claim ${name} is not a string`);

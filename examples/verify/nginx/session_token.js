@@ -166,10 +166,8 @@ function checkClaims(r, claims) {
     if (claims.iss !== r.variables.session_issuer) {
         refuse(401, "wrong issuer");
     }
-    const aud = claims.aud;
-    const audience = r.variables.session_audience;
-    if (!(aud === audience || (Array.isArray(aud) && aud.indexOf(audience) >= 0))) {
-        refuse(401, "wrong audience");
+    if (claims.aud !== r.variables.session_audience) {
+        refuse(401, "wrong audience"); // string equality: the service writes one string, never a list
     }
     const strings = ["sub", "sid", "stream", "device", "jti"];
     for (let i = 0; i < strings.length; i++) {
