@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import sys
 import tempfile
@@ -55,6 +56,15 @@ def _serve(args: argparse.Namespace) -> int:
     if args.keys_dir:
         os.environ[Config.env_name("keys_dir")] = args.keys_dir  # the workers build their app from it
     config = Config.from_env()
+    host = args.bind.rpartition(":")[0].strip("[]")
+    if config.caller_modes == ("anonymous",) and not (_loopback(host) or config.allow_anonymous):
+        print(
+            f"concurrency-service: refusing to serve anonymous callers on {args.bind}, where anyone could"
+            " act for any user: configure CONCURRENCY_USER_JWKS or CONCURRENCY_CALLERS, bind a loopback"
+            " address, or set CONCURRENCY_ALLOW_ANONYMOUS=true.",
+            file=sys.stderr,
+        )
+        return 2
     if Keyring.open(config.keys_dir, config.signing_key_pem, config.keys_reload_s).current.signing is None:
         print(
             f"concurrency-service: no active signing key in {config.keys_dir!r}.\n"
@@ -65,6 +75,15 @@ def _serve(args: argparse.Namespace) -> int:
     with _metrics_dir():
         run(args.server, args.bind, args.workers, args.threads)
     return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @contextlib.contextmanager

@@ -74,7 +74,8 @@ class Concurrency:
         except StoreUnavailable:
             if not self._fail_open:
                 raise
-            return self._degraded(Session(user, new_session_id(), device, stream), "initiated", limits.limit)
+            session = Session(user, new_session_id(), device, stream)
+            return self._degraded(session, "initiated", limits.limit, confirmed_s=int(self._clock()))
         for sid in admission.evicted:
             log.info("evicted session %s of user %s", sid, user)
         self._count("evicted", len(admission.evicted))
@@ -95,7 +96,7 @@ class Concurrency:
         except StoreUnavailable:
             if not self._fail_open:
                 raise
-            return self._degraded(session, "updated", limit)
+            return self._degraded(session, "updated", limit, confirmed_s=claims.get("cex", claims["exp"]))
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
             self._count("resumed", 1)
@@ -119,13 +120,21 @@ class Concurrency:
         token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})
         return Grant(session, status, token, self._ttl_s)
 
-    def _degraded(self, session: Session, status: str, limit: int) -> Grant:
-        """Keep the player playing while the store is down: a short token signed on the app clock."""
+    def _degraded(self, session: Session, status: str, limit: int, confirmed_s: int) -> Grant:
+        """Keep the player playing while the store is down: a short token signed on the app clock.
+
+        `confirmed_s` is when the session's last store-confirmed lifetime ends (`cex`, carried from token to
+        token): a chain of degraded tokens ends at most the degraded lifetime after it, so it can never
+        outlive the tombstone of a session ended before the store went down (that lives longer)."""
+        now_s = int(self._clock())
+        ttl_s = min(self._degraded_ttl_s, confirmed_s + self._degraded_ttl_s - now_s)
+        if ttl_s <= 0:
+            raise SessionGone("expired")
         log.warning("store down: session %s of user %s goes on degraded", session.sid, session.user)
         self._count("degraded", 1)
-        extra = {"lim": limit, "degraded": True}
-        token = self._tokens.sign(session, int(self._clock()), self._degraded_ttl_s, extra)
-        return Grant(session, status, token, self._degraded_ttl_s)
+        extra = {"lim": limit, "degraded": True, "cex": confirmed_s}
+        token = self._tokens.sign(session, now_s, ttl_s, extra)
+        return Grant(session, status, token, ttl_s)
 
 
 def _session(claims: Claims, sid: str) -> Session:

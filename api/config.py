@@ -217,9 +217,10 @@ class Config:
 
     @property
     def longest_token_s(self) -> int:
-        """How long any token we sign can be valid: the session TTL, or the degraded one in open mode."""
+        """How long a session's tokens can stay valid after Redis last confirmed it: the session TTL, and in
+        open mode the degraded lifetime on top (degraded tokens never outlive the confirmed expiry by more)."""
         if self.on_store_error == "open":
-            return max(self.session_ttl_s, self.degraded_ttl_s)
+            return self.session_ttl_s + self.degraded_ttl_s
         return self.session_ttl_s
 
     @classmethod

@@ -133,6 +133,8 @@ class SessionTokens:
             raise InvalidToken("token is issued in the future")
         if "nbf" in claims and _seconds(claims, "nbf") > now + self._leeway_s:
             raise InvalidToken("token is not valid yet")
+        if "cex" in claims and type(claims["cex"]) is not int:
+            raise InvalidToken("token claim 'cex' must be whole seconds")
         return claims
 
 

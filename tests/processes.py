@@ -96,7 +96,7 @@ def request(port, method, path, body=None, headers=None, timeout_s=10):
 class ServerProcess:
     """The real `concurrency-service serve` process on a free port."""
 
-    def __init__(self, redis_url, keys_dir, workers=2, threads=4, **env):
+    def __init__(self, redis_url, keys_dir, workers=2, threads=4, host="127.0.0.1", **env):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {
@@ -105,7 +105,7 @@ class ServerProcess:
             "CONCURRENCY_KEYS_DIR": keys_dir,
             **{Config.env_name(k): str(v) for k, v in env.items()},
         }
-        command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"127.0.0.1:{self.port}"]
+        command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"{host}:{self.port}"]
         command += ["--workers", str(workers), "--threads", str(threads)]
         self.log = tempfile.NamedTemporaryFile(prefix="concurrency-service-", suffix=".log")  # noqa: SIM115
         self._proc = subprocess.Popen(

@@ -589,6 +589,64 @@ def test_a_degraded_token_cannot_bring_back_a_stopped_session(opened, extra_serv
     assert_gone(heartbeat(server, sid, token), "stopped")
 
 
+def test_degraded_tokens_never_outlive_the_tombstone_of_a_session_kicked_before_the_outage(
+    opened, extra_server
+):
+    """Kick, hang Redis, heartbeat on degraded tokens past the old tombstone lifetime, resume: 410 kicked."""
+    ttl_s, degraded_s, leeway_s = 3, 3, 1
+    flaky, admin = opened.redis, "s3cret-" + new_user()
+    server = extra_server(
+        opened,
+        workers=1,
+        threads=4,
+        on_store_error="open",
+        session_ttl_s=ttl_s,
+        degraded_ttl_s=degraded_s,
+        token_leeway_s=leeway_s,
+        admin_token=admin,
+    )
+    user = new_user()
+    sid, token = admitted(start(server, user=user))
+    confirmed_exp = session_claims(server, token)["exp"]
+    kicked_at = time.time()
+    assert server.request("DELETE", f"/v1/users/{user}/sessions/{sid}", headers=bearer(admin)).status == 204
+    flaky.hang()
+    try:
+        # The player never heard of the kick: its heartbeats go on degraded tokens while Redis hangs,
+        # past the (ttl + leeway) a tombstone used to live, but never past cex + the degraded lifetime.
+        beats = []
+        while time.time() < kicked_at + ttl_s + leeway_s + 1.0:
+            answer = heartbeat(server, sid, token)
+            assert answer.status == 200, answer.body
+            token = answer.json()["token"]
+            claims = unverified_claims(token)
+            assert claims["degraded"] is True and claims["cex"] == confirmed_exp
+            assert claims["exp"] <= confirmed_exp + degraded_s
+            beats.append(claims["exp"])
+            time.sleep(0.5)
+        assert len(beats) >= 4
+    finally:
+        flaky.resume()
+    assert_gone(heartbeat(server, sid, token), "kicked")
+
+
+def test_a_degraded_chain_ends_at_the_confirmed_expiry_plus_the_degraded_lifetime(opened, extra_server):
+    server = extra_server(
+        opened, workers=1, threads=2, on_store_error="open", session_ttl_s=2, degraded_ttl_s=2
+    )
+    sid, token = admitted(start(server, user=new_user()))
+    confirmed_exp = session_claims(server, token)["exp"]
+    opened.redis.stop()
+    while time.time() < confirmed_exp + 2:
+        answer = heartbeat(server, sid, token)
+        assert answer.status == 200, answer.body
+        token = answer.json()["token"]
+        assert unverified_claims(token)["exp"] <= confirmed_exp + 2
+        time.sleep(0.4)
+    time.sleep(max(0.0, confirmed_exp + 2.1 - time.time()))
+    assert_gone(heartbeat(server, sid, token), "expired")
+
+
 # --- resumption -----------------------------------------------------------------------------------
 
 

@@ -539,7 +539,13 @@ def first_time(predicate, timeout_s, what):
 @pytest.mark.parametrize("kind", list(VERIFIERS))
 def test_rotation_and_revocation_reach_the_running_verifier(kind, redis_server, tmp_path, request):
     """Under steady traffic, the verifier takes up the new key after the switch and drops a revoked one."""
-    settings = {"session_ttl_s": 60, "jwks_max_age_s": MAX_AGE_S, "keys_reload_s": RELOAD_S}
+    # One service, one key directory: nothing lags, so the switch need not wait for a propagation bound.
+    settings = {
+        "session_ttl_s": 60,
+        "jwks_max_age_s": MAX_AGE_S,
+        "keys_reload_s": RELOAD_S,
+        "keys_propagation_s": 0,
+    }
     directory = str(tmp_path / "keys")
     KeyStore(directory).generate("ES256")
     own = Service(redis_server.url, directory, **settings)
