@@ -96,7 +96,8 @@ class Concurrency:
         except StoreUnavailable:
             if not self._fail_open:
                 raise
-            return self._degraded(session, "updated", limit, confirmed_s=claims.get("cex", claims["exp"]))
+            confirmed_s = int(claims.get("cex") or claims["exp"])  # a normal token's exp is store-confirmed
+            return self._degraded(session, "updated", limit, confirmed_s)
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
             self._count("resumed", 1)

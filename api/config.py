@@ -218,7 +218,8 @@ class Config:
     @property
     def longest_token_s(self) -> int:
         """How long a session's tokens can stay valid after Redis last confirmed it: the session TTL, and in
-        open mode the degraded lifetime on top (degraded tokens never outlive the confirmed expiry by more)."""
+        open mode the degraded lifetime on top (a degraded token never outlives the confirmed expiry by
+        more)."""
         if self.on_store_error == "open":
             return self.session_ttl_s + self.degraded_ttl_s
         return self.session_ttl_s

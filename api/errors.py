@@ -79,6 +79,11 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    status = "415 Unsupported Media Type"
+    code = "unsupported_media_type"
+
+
 class StoreUnavailable(ServiceError):
     status = "503 Service Unavailable"
     code = "store_unavailable"

@@ -1,12 +1,14 @@
 """Reading and checking request input: every problem becomes a 4xx naming it."""
 
-import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import falcon
 
-from .errors import BadRequest, InvalidToken, PayloadTooLarge
+from keys import strict_json
+from keys.strict_json import DuplicateName
+
+from .errors import BadRequest, InvalidToken, PayloadTooLarge, UnsupportedMediaType
 
 
 def read_json(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
@@ -18,10 +20,20 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     raw = stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    return json_object(raw, req.content_type)
+
+
+def json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:
+    """Return a request body as a JSON object: JSON by its Content-Type, strict, an object."""
     if not raw:
         raise BadRequest("request body is empty; send a JSON object")
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {media or 'missing'!r}")
     try:
-        body = json.loads(raw)
+        body = strict_json.loads(raw)
+    except DuplicateName as exc:
+        raise BadRequest(f"field {exc.name!r} appears twice", field=exc.name) from None
     except (ValueError, RecursionError):
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):

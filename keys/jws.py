@@ -14,9 +14,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import strict_json
 from .errors import InvalidJws
 from .material import SigningKey, b64url
 from .records import ALGORITHMS
+from .strict_json import DuplicateName
 
 TOKEN_TYPE = "session+jwt"  # the `typ` of every token we sign (RFC 8725 section 3.11)
 HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
@@ -24,13 +26,6 @@ HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
 # Made once, as json.dumps(..., separators) is not; UTF-8 as is, so ids of any script stay compact.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODE = json.JSONDecoder(parse_constant=_no_constants).decode  # made once, as above
 
 
 @functools.lru_cache(maxsize=64)
@@ -76,16 +71,22 @@ def _header_problem(header: dict[str, Any], key: SigningKey | None) -> InvalidJw
 
 
 def _b64decode(segment: str, part: str) -> bytes:
+    """Decode canonical base64url only: no padding, no bits set past the data (one spelling per token)."""
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise InvalidJws(f"token {part} is not base64url") from None
+    if b64url(data) != segment.encode():
+        raise InvalidJws(f"token {part} is not canonical base64url")
+    return data
 
 
 def _json_object(segment: str, part: str) -> dict[str, Any]:
     try:
-        value = _DECODE(_b64decode(segment, part).decode())
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        value = strict_json.loads(_b64decode(segment, part))
+    except DuplicateName as exc:
+        raise InvalidJws(f"token {part} names {exc.name!r} twice") from None
+    except (ValueError, RecursionError):
         raise InvalidJws(f"token {part} is not a JSON object") from None
     if not isinstance(value, dict):
         raise InvalidJws(f"token {part} is not a JSON object")

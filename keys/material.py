@@ -28,6 +28,8 @@ _JWK_EXPORTERS: dict[str, Any] = {"ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "
 _SHA256 = hashes.SHA256()
 _ECDSA_SHA256 = ec.ECDSA(_SHA256)
 _PKCS1 = padding.PKCS1v15()
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_HALF_ORDER = P256_ORDER // 2
 _THUMBPRINT_MEMBERS = {
     "EC": ("crv", "kty", "x", "y"),
     "OKP": ("crv", "kty", "x"),
@@ -67,10 +69,14 @@ class SigningKey:
         return self.private_key.public_key()
 
     def sign(self, data: bytes) -> bytes:
-        """Return the JWS signature of `data` (for ES256 the fixed-size r || s of RFC 7518, not DER)."""
+        """Return the JWS signature of `data` (for ES256 the fixed-size r || s of RFC 7518, not DER).
+
+        ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s). We sign with the low s only
+        and verify only that, so each token we issue has exactly one spelling."""
         key = self.private_key
         if isinstance(key, ec.EllipticCurvePrivateKey):
             r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
+            s = min(s, P256_ORDER - s)
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
         if isinstance(key, ed25519.Ed25519PrivateKey):
             return key.sign(data)
@@ -86,6 +92,8 @@ class SigningKey:
                 if len(signature) != 64:
                     return False
                 r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                if s > _HALF_ORDER:  # the other spelling of a signature we would have made low
+                    return False
                 key.verify(encode_dss_signature(r, s), data, _ECDSA_SHA256)
             elif isinstance(key, ed25519.Ed25519PublicKey):
                 key.verify(signature, data)

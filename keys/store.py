@@ -66,8 +66,10 @@ class KeyStore:
     def records(self) -> list[KeyRecord]:
         """Return the manifest's key records (no private keys), oldest first."""
         path = self.manifest_path
+        _not_writable_by_others(self.directory, "key directory")
         try:
             with open(path, "rb") as file:
+                _not_writable_by_others(path, "key manifest", os.fstat(file.fileno()))
                 data = file.read()
         except FileNotFoundError:
             return []
@@ -205,6 +207,16 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _not_writable_by_others(path: str, what: str, status: os.stat_result | None = None) -> None:
+    """Refuse a key file or directory that someone besides its owner could change."""
+    try:
+        mode = (status or os.stat(path)).st_mode
+    except FileNotFoundError:
+        return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KeyStoreError(f"{path}: {what} is writable by others; run chmod go-w {path}")
 
 
 def _user() -> str:

@@ -2,6 +2,7 @@
 
 import base64
 import dataclasses
+import json
 import re
 
 import falcon.inspect
@@ -334,3 +335,27 @@ def test_unknown_methods_do_not_multiply_metric_series(client):
     text = client.simulate_get("/metrics").text
     assert "TRACE" not in text
     assert 'method="OTHER"' in text
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
+)
+@pytest.mark.parametrize("path", ["/concurrency", "/v1/sessions"])
+def test_a_body_that_is_not_json_by_its_content_type_is_415(client, fake_redis, content_type, path):
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.simulate_post(path, body=json.dumps(START).encode(), headers=headers)
+    assert answer.status_code == 415
+    assert answer.json["error"] == "unsupported_media_type" and "application/json" in answer.json["message"]
+    assert fake_redis.dbsize() == 0
+    charset = client.simulate_post(
+        path, body=json.dumps(START), headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert charset.status_code in (200, 201)
+
+
+def test_a_field_named_twice_is_refused(client, fake_redis):
+    raw = b'{"userId": "ann", "deviceId": "tv", "streamId": "film", "userId": "bob"}'
+    answer = client.simulate_post("/concurrency", body=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json["field"] == "userId" and "twice" in answer.json["message"]
+    assert fake_redis.dbsize() == 0

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from keys import jws
 from keys.errors import InvalidJws
 from keys.keyring import KeySet
+from keys.material import P256_ORDER
 from keys.records import ALGORITHMS
 from keys.store import KeyStore
 
@@ -101,7 +102,54 @@ def test_we_verify_what_a_general_jose_library_signs_with_our_header(keysets, al
     key = keyset.signing
     headers = {"kid": key.kid, "typ": jws.TOKEN_TYPE}
     token = jwt.encode(CLAIMS, key.private_key, algorithm=alg, headers=headers)
+    if alg == "ES256":  # a general library may pick either spelling of an ECDSA signature: take the low s
+        token = with_s(token, low=True)
     assert jws.verify(token, keyset.verifying) == CLAIMS
+
+
+def with_s(token, low):
+    """Return the ES256 token with its signature's s replaced by the low (or the high) one of its pair."""
+    head, payload, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "==")
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    s = min(s, P256_ORDER - s) if low else max(s, P256_ORDER - s)
+    return f"{head}.{payload}." + base64.urlsafe_b64encode(r + s.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
+def test_ecdsa_signatures_have_one_spelling(keysets):
+    """We sign with the low s only; the high-s twin of our signature verifies in general, not here."""
+    keyset = keysets["ES256"]
+    for _ in range(20):
+        token = jws.sign(keyset.signing, CLAIMS)
+        assert with_s(token, low=True) == token
+        twin = with_s(token, low=False)
+        public = keyset.signing.public_key
+        assert jwt.decode(
+            twin, public, algorithms=["ES256"], audience=CLAIMS.get("aud"), options={"verify_exp": False}
+        )
+        with pytest.raises(InvalidJws, match="signature is invalid"):
+            jws.verify(twin, keyset.verifying)
+
+
+def test_only_canonical_base64url(keyset):
+    """A last character with bits set past the data decodes to the same bytes: a second spelling, refused."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    token = jws.sign(keyset.signing, CLAIMS)
+    parts = token.split(".")
+    flipped = 0
+    for index, part in enumerate(parts):
+        if len(part) % 4 not in (2, 3):  # no bits past the data in the last character
+            continue
+        other = part[:-1] + alphabet[alphabet.index(part[-1]) ^ 1]  # the lowest bit is never data here
+        assert base64.urlsafe_b64decode(other + "==") == base64.urlsafe_b64decode(part + "==")
+        spelled = ".".join(parts[:index] + [other] + parts[index + 1 :])
+        with pytest.raises(InvalidJws):  # the payload fails its signature first; the others, encoding
+            jws.verify(spelled, keyset.verifying)
+        flipped += 1
+    assert flipped >= 1  # the signature's 86 characters always leave 4 bits unused
+    sig = parts[2][:-1] + alphabet[alphabet.index(parts[2][-1]) ^ 1]
+    with pytest.raises(InvalidJws, match="not canonical"):
+        jws.verify(".".join([*parts[:2], sig]), keyset.verifying)
 
 
 # -- serialization ----------------------------------------------------------------------------------
@@ -322,4 +370,20 @@ def test_deeply_nested_payload(keyset):
     key = keyset.signing
     token = forge(key, our_header(key), b"[" * 100_000 + b"]" * 100_000)
     with pytest.raises(InvalidJws, match="token payload is not a JSON object"):
+        jws.verify(token, keyset.verifying)
+
+
+@pytest.mark.parametrize("part", ["header", "payload"])
+def test_a_name_twice_in_a_token_is_refused(keyset, part):
+    key = keyset.signing
+    header = f'{{"alg":"{key.alg}","kid":"{key.kid}","typ":"session+jwt"}}'
+    payload = json.dumps(CLAIMS)[:-1] + ', "sub": "mallory"}'
+    if part == "header":
+        header = header[:-1] + ',"kid":"' + key.kid + '"}'
+    else:
+        assert json.loads(payload)["sub"] == "mallory"  # a lenient parser takes the last one
+    segments = [base64.urlsafe_b64encode(x.encode()).rstrip(b"=") for x in (header, payload)]
+    signing_input = b".".join(segments)
+    token = (signing_input + b"." + base64.urlsafe_b64encode(key.sign(signing_input)).rstrip(b"=")).decode()
+    with pytest.raises(InvalidJws, match="twice"):
         jws.verify(token, keyset.verifying)

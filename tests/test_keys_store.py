@@ -223,3 +223,23 @@ def test_environment_key_too_weak(tmp_path):
     ).decode()
     with pytest.raises(KeyStoreError, match="unsupported key type"):
         KeyStore(str(tmp_path), env_pem=text).load()
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o777, 0o1777])
+def test_a_key_directory_others_may_write_is_refused(store, mode):
+    store.generate("ES256")
+    os.chmod(store.directory, mode)
+    try:
+        with pytest.raises(KeyStoreError, match=f"{store.directory}: key directory is writable by others"):
+            store.load()
+    finally:
+        os.chmod(store.directory, 0o700)
+    assert store.load()
+
+
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_a_manifest_others_may_write_is_refused(store, mode):
+    store.generate("ES256")
+    os.chmod(store.manifest_path, mode)
+    with pytest.raises(KeyStoreError, match=f"{store.manifest_path}: key manifest is writable by others"):
+        store.load()

@@ -1,6 +1,7 @@
 """Every documented status of every operation, provoked against the app; each answer matches the document."""
 
 import functools
+import json
 import re
 import time
 
@@ -183,6 +184,40 @@ def legacy_start_for_another_user_than_the_token(api):
 @provokes("post", "/concurrency", 413)
 def legacy_start_with_a_huge_body(api):
     return legacy_start(api, userId="u" * (api.config.max_body_bytes + 1))
+
+
+def with_content_type(content_type):
+    """Return a scenario sending a valid body of the given `method path` as `content_type`."""
+
+    def send(api, method, path, body):
+        headers = {"Content-Type": content_type}
+        answer = api.client.simulate_request(method.upper(), path, body=json.dumps(body), headers=headers)
+        assert answer.json["error"] == "unsupported_media_type"
+        return answer
+
+    return send
+
+
+@provokes("post", "/concurrency", 415)
+def legacy_start_as_form_data(api):
+    return with_content_type("application/x-www-form-urlencoded")(api, "post", "/concurrency", START)
+
+
+@provokes("put", "/concurrency", 415)
+def legacy_heartbeat_as_text(api):
+    sid, token = api.start()
+    return with_content_type("text/plain")(api, "put", "/concurrency", {"sessionKey": sid, "token": token})
+
+
+@provokes("delete", "/concurrency", 415)
+def legacy_stop_as_text(api):
+    sid, token = api.start()
+    return with_content_type("text/plain")(api, "delete", "/concurrency", {"sessionKey": sid, "token": token})
+
+
+@provokes("post", "/v1/sessions", 415)
+def start_as_yaml(api):
+    return with_content_type("application/yaml")(api, "post", "/v1/sessions", START)
 
 
 @provokes("post", "/concurrency", 503)

@@ -380,7 +380,8 @@ def test_rotation_across_instances_that_see_the_key_directory_30_s_apart(fleet):
     assert len(beats) > 500
     rotated_at, second_saw_it = next((c[0], c[1]) for c in sync.copies if c[2].get(new) == "active")
     pruned_at = next(c[0] for c in sync.copies if c[2][old] == "retired")
-    assert second_saw_it - rotated_at >= SYNC_LAG_S and rotated_at < switch < second_saw_it
+    timeline = (rotated_at, switch, second_saw_it, sync.copies)
+    assert second_saw_it - rotated_at >= SYNC_LAG_S and rotated_at < switch < second_saw_it, timeline
     assert switch < pruned_at < pruned
     for instance in (0, 1):
         assert {received for _, at, _, received, _ in beats if at == instance} == {old, new}
