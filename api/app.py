@@ -15,6 +15,7 @@ from .connection import connect
 from .identity import Identity
 from .metrics import Metrics, MetricsResource
 from .observability import Observe, configure_logging
+from .playback import Playback
 from .responses import add_error_handlers
 from .store import RedisStore
 from .tokens import SessionTokens
@@ -40,7 +41,7 @@ def create_app(
     )
     concurrency = Concurrency(store, tokens, config, count=metrics.count)
     identity = identity or Identity(config)
-    start = resources.Starts(concurrency, identity, config)
+    playback = Playback(concurrency, identity, config)
 
     app = falcon.App(middleware=[Observe(metrics, config.access_log)], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
@@ -50,9 +51,9 @@ def create_app(
     app.add_route("/health", health)
     app.add_route("/healthz", health)
     app.add_route("/readyz", resources.Ready(store, keyring, identity.modes))
-    app.add_route("/concurrency", resources.LegacyConcurrency(concurrency, start, config))
-    app.add_route("/v1/sessions", resources.Sessions(start))
-    app.add_route("/v1/sessions/{session_id}", resources.SessionItem(concurrency, config))
+    app.add_route("/concurrency", resources.LegacyConcurrency(playback, config))
+    app.add_route("/v1/sessions", resources.Sessions(playback, config))
+    app.add_route("/v1/sessions/{session_id}", resources.SessionItem(playback))
     user_sessions = resources.UserSessions(concurrency, identity, config)
     app.add_route("/v1/users/{user_id}/sessions", user_sessions)
     app.add_route("/v1/users/{user_id}/sessions/{session_id}", user_sessions, suffix="one")

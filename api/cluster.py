@@ -22,6 +22,8 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from .lua import Script
+
 log = logging.getLogger(__name__)
 
 
@@ -49,6 +51,7 @@ class LazyCluster:
         self._lock = threading.Lock()
         self.failed: dict[str, float] = {}  # node name -> monotonic time until which calls to it fail at once
         self._next_slots_read = 0.0
+        self._scripts: dict[str, ClusterScript] = {}
         try:  # now if it answers: then every node it names is a startup node, not only the URL's
             self.client()
         except RedisClusterException as exc:
@@ -108,14 +111,18 @@ class LazyCluster:
             return False
         return True
 
-    def register_script(self, script: str) -> "ClusterScript":
-        return ClusterScript(self, script)
+    async def run(self, script: Script, key: str, args: Sequence[object]) -> Any:
+        """Run `script` on the node serving `key` (blocking the calling thread; see api/sync.py)."""
+        runner = self._scripts.get(script.name)
+        if runner is None:
+            runner = self._scripts[script.name] = ClusterScript(self, script.source)
+        return runner(keys=[key], args=args)
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
         """Whether the cluster answers: its default node, or another primary if that one fails.
 
         Not every node: one dead shard fails its own users, not the readiness of every instance."""
-        return self.client().ping(target_nodes=RedisCluster.DEFAULT_NODE)
+        return bool(self.client().ping(target_nodes=RedisCluster.DEFAULT_NODE))
 
     def close(self) -> None:
         if self._client is not None:

@@ -1,4 +1,7 @@
-"""What start, heartbeat, stop and kick mean, apart from the HTTP shape of either API."""
+"""What start, heartbeat, stop and kick mean, apart from the HTTP shape of either API.
+
+Coroutines, as the store's calls are: api/sync.py runs them on a thread, the event loop awaits them.
+"""
 
 import logging
 import time
@@ -43,7 +46,7 @@ class Concurrency:
         self._count = count
         self._clock = clock
 
-    def start(
+    async def start(
         self,
         user: str,
         device: str,
@@ -65,7 +68,7 @@ class Concurrency:
                 raise InvalidToken("token belongs to another user, device or stream")
             renew = claims["sid"]
         try:
-            admission = self._store.admit(
+            admission = await self._store.admit(
                 user, device, stream, limits, self.ttl_ms, self._tombstone_ms, renew
             )
         except LimitReached as refused:
@@ -81,7 +84,7 @@ class Concurrency:
         self._count("evicted", len(admission.evicted))
         return self._grant(admission.session, admission.status, admission.now_ms, limits.limit)
 
-    def heartbeat(self, token: str, sid: str) -> Grant:
+    async def heartbeat(self, token: str, sid: str) -> Grant:
         """Verify the token of session `sid`, extend the session and return a Grant with a fresh token."""
         try:
             claims = self._tokens.verify(token)
@@ -92,7 +95,7 @@ class Concurrency:
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
         try:
             args = (token_exp_ms, limit, self._stream_limit)
-            status, now_ms = self._store.refresh(session, self.ttl_ms, *args)
+            status, now_ms = await self._store.refresh(session, self.ttl_ms, *args)
         except StoreUnavailable:
             if not self._fail_open:
                 raise
@@ -103,19 +106,19 @@ class Concurrency:
             self._count("resumed", 1)
         return self._grant(session, "updated", now_ms, limit)
 
-    def stop(self, token: str, sid: str) -> None:
+    async def stop(self, token: str, sid: str) -> None:
         """Verify the token of session `sid` and end the session at once."""
-        self._store.release(_session(self._tokens.verify(token), sid), self._tombstone_ms)
+        await self._store.release(_session(self._tokens.verify(token), sid), self._tombstone_ms)
 
-    def kick(self, user: str, sid: str | None = None) -> list[str]:
+    async def kick(self, user: str, sid: str | None = None) -> list[str]:
         """End one session of `user`, or all of them; return the sids ended."""
-        ended = self._store.kick(user, sid, self._tombstone_ms)
+        ended = await self._store.kick(user, sid, self._tombstone_ms)
         self._count("kicked", len(ended))
         return ended
 
-    def sessions(self, user: str) -> tuple[int, list[Session]]:
+    async def sessions(self, user: str) -> tuple[int, list[Session]]:
         """Return (server ms, live sessions of `user`)."""
-        return self._store.sessions(user)
+        return await self._store.sessions(user)
 
     def _grant(self, session: Session, status: str, now_ms: int, limit: int) -> Grant:
         token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})

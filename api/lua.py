@@ -22,6 +22,9 @@ compact listpack encoding. The key's TTL is pushed to the latest time it must ke
 hash disappears by itself; whatever expired is pruned whenever a script reads the hash.
 """
 
+import hashlib
+from typing import NamedTuple
+
 MAX_TOMBSTONES = 16
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z: times are stored relative to it
 
@@ -108,6 +111,20 @@ end
 """
 )
 
+
+class Script(NamedTuple):
+    """A script: its name, its source and the SHA1 that EVALSHA calls it by."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _script(name: str, body: str) -> Script:
+    source = PRELUDE + body
+    return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
 # KEYS[1] the user's hash; ARGV[1] device, ARGV[2] stream, ARGV[3] new sid, ARGV[4] ttl ms, ARGV[5] limit,
 # ARGV[6] per-stream limit (0: none), ARGV[7] '1' to evict the oldest at a limit, ARGV[8] tombstone ms,
 # ARGV[9] deadline (Redis ms; 0: none), ARGV[10] which session to renew: '*' the one of this device and
@@ -115,9 +132,9 @@ end
 # Returns {'late', now} past the deadline | {'initiated', now, sid, evicted sids...} | {'updated', now, sid}
 #       | {'limit' or 'stream_limit', now, holders...} with holders flattened as
 #         sid, started, expires, device, stream (times in base 36).
-ADMIT = (
-    PRELUDE
-    + """
+ADMIT = _script(
+    "admit",
+    """
 local deadline = tonumber(ARGV[9])
 if deadline > 0 and now + EPOCH_MS > deadline then return {'late', now} end
 local device, stream, sid = ARGV[1], ARGV[2], ARGV[3]
@@ -157,7 +174,7 @@ local refused = make_room(left, limit, 'limit')
 if refused then return refused end
 add(sid, device, stream, ttl)
 return {'initiated', now, sid, unpack(evicted)}
-"""
+""",
 )
 
 # KEYS[1] the user's hash; ARGV[1] sid, ARGV[2] ttl ms, ARGV[3] token expiry ms (0: never resume),
@@ -165,9 +182,9 @@ return {'initiated', now, sid, unpack(evicted)}
 # Extends a live session. A session with no entry at all (lost in a failover or flush) whose token
 # is still valid is re-admitted when the user is under both limits. Never revives an ended session.
 # Returns {'updated', now} | {'resumed', now} | {'gone', now, reason}.
-REFRESH = (
-    PRELUDE
-    + """
+REFRESH = _script(
+    "refresh",
+    """
 local sid, ttl = ARGV[1], tonumber(ARGV[2])
 local v = redis.call('HGET', key, sid)
 if v then
@@ -191,15 +208,15 @@ if #mine >= tonumber(ARGV[4]) or (stream_limit > 0 and same_stream >= stream_lim
 end
 add(sid, ARGV[5], ARGV[6], ttl)
 return {'resumed', now}
-"""
+""",
 )
 
 # KEYS[1] the user's hash; ARGV[1] sid, ARGV[2] tombstone ms.
 # Ends the session; its tombstone outlives every token it was given.
 # Returns 1 when a live session was ended, 0 otherwise.
-RELEASE = (
-    PRELUDE
-    + """
+RELEASE = _script(
+    "release",
+    """
 local mine, tombs = load()
 for _, s in ipairs(tombs) do
   if s.sid == ARGV[1] then return 0 end
@@ -209,14 +226,14 @@ for _, s in ipairs(mine) do
   if s.sid == ARGV[1] then return 1 end
 end
 return 0
-"""
+""",
 )
 
 # KEYS[1] the user's hash; ARGV[1] sid ('' for all of the user's sessions), ARGV[2] tombstone ms.
 # Returns the sids it ended.
-KICK = (
-    PRELUDE
-    + """
+KICK = _script(
+    "kick",
+    """
 local ended = {}
 local mine, tombs = load()
 for _, s in ipairs(mine) do
@@ -226,15 +243,17 @@ for _, s in ipairs(mine) do
   end
 end
 return ended
-"""
+""",
 )
 
 # KEYS[1] the user's hash.
 # Returns {now, sid, started, expires, device, stream, ...} for the user's live sessions, oldest first.
-LIST = (
-    PRELUDE
-    + """
+LIST = _script(
+    "list",
+    """
 local mine = load()
 return {now, unpack(flatten(oldest_first(mine)))}
-"""
+""",
 )
+
+SCRIPTS = (ADMIT, REFRESH, RELEASE, KICK, LIST)

@@ -9,7 +9,6 @@ and one read. Under load a worker pays one round trip for many heartbeats.
 """
 
 import _thread
-import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
+
+from .lua import Script
 
 PAUSE_AFTER_TIMEOUT_S = 0.5
 
@@ -129,17 +130,23 @@ class Pipeline:
                 call.wake()
 
 
-class FastScript:
-    """A Lua script called as `script(keys=[...], args=[...])`, like redis-py's `Script`."""
+class PipelineRunner:
+    """Run scripts through a Pipeline: EVALSHA, and after a NOSCRIPT, SCRIPT LOAD and once more.
 
-    def __init__(self, pipeline: Pipeline, source: str) -> None:
-        self._pipeline = pipeline
-        self._source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()
+    Its coroutines never suspend: they block the calling thread for the round trip (api/sync.py)."""
 
-    def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
+    def __init__(self, client: redis.Redis) -> None:
+        self._pipeline = Pipeline(client)
+
+    async def run(self, script: Script, key: str, args: Sequence[object]) -> Any:
         try:
-            return self._pipeline.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return self._pipeline.execute("EVALSHA", script.sha, 1, key, *args)
         except NoScriptError:
-            self._pipeline.client.script_load(self._source)
-            return self._pipeline.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            self._pipeline.execute("SCRIPT", "LOAD", script.source)
+            return self._pipeline.execute("EVALSHA", script.sha, 1, key, *args)
+
+    async def ping(self) -> bool:
+        return self._pipeline.execute("PING") in (b"PONG", "PONG")
+
+    def close(self) -> None:
+        self._pipeline.close()

@@ -11,8 +11,8 @@ from keys.strict_json import DuplicateName
 from .errors import BadRequest, InvalidToken, PayloadTooLarge, UnsupportedMediaType
 
 
-def read_json(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
-    """Return the request body as a JSON object, at most `max_bytes` long."""
+def read_body(req: falcon.Request, max_bytes: int) -> bytes:
+    """Return the request body, at most `max_bytes` long."""
     if req.content_length is not None and req.content_length > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
     # Without Content-Length (chunked), bounded_stream reads nothing; the server ends req.stream.
@@ -20,7 +20,7 @@ def read_json(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     raw = stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
-    return json_object(raw, req.content_type)
+    return bytes(raw)
 
 
 def json_object(raw: bytes, content_type: str | None) -> dict[str, Any]:

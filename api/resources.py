@@ -1,96 +1,78 @@
 """HTTP resources: small nouns that parse input, call the domain and shape the answer."""
 
+from collections.abc import Coroutine
+from typing import Any
+
 import falcon
 
 from keys.keyring import Keyring
 
+from . import sync
 from .concurrency import Concurrency
-from .config import MAX_TOKEN_CHARS, Config
+from .config import Config
 from .errors import BadRequest, NotFound
 from .identity import Identity
-from .requests import bearer_token, read_json, require_strings
-from .responses import legacy_body, listing_body, session_body
-from .sessions import Grant
+from .playback import LEGACY, NATIVE, Answer, Playback, Request
+from .requests import read_body
+from .responses import listing_body
 from .store import RedisStore
-
-OPTIONAL_START_FIELDS = ("userId", "token")  # userId: required unless a user token names the user
-
-
-class Starts:
-    """Read a start request, decide who the user is and what they may play, and start the session."""
-
-    def __init__(self, concurrency: Concurrency, identity: Identity, config: Config) -> None:
-        self._concurrency = concurrency
-        self._identity = identity
-        self._max_body_bytes = config.max_body_bytes
-        self._fields = dict.fromkeys(("userId", "deviceId", "streamId"), config.max_id_chars)
-        self._fields["token"] = MAX_TOKEN_CHARS
-
-    def __call__(self, req: falcon.Request) -> Grant:
-        fields = require_strings(read_json(req, self._max_body_bytes), self._fields, OPTIONAL_START_FIELDS)
-        user, limits, caller = self._identity.start_user(
-            req.get_header("Authorization"), fields.get("userId")
-        )
-        req.context.caller = caller.name
-        device, stream = fields["deviceId"], fields["streamId"]
-        return self._concurrency.start(user, device, stream, limits, caller.vouched, fields.get("token"))
 
 
 class LegacyConcurrency:
     """`/concurrency`: the seed's contract, kept field for field."""
 
-    def __init__(self, concurrency: Concurrency, start: Starts, config: Config) -> None:
-        self._concurrency = concurrency
-        self._start = start
+    def __init__(self, playback: Playback, config: Config) -> None:
+        self._playback = playback
         self._max_body_bytes = config.max_body_bytes
-        self._session_fields = {"sessionKey": config.max_id_chars, "token": MAX_TOKEN_CHARS}
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = legacy_body(self._start(req))
+        answer(req, resp, self._playback.start(LEGACY, _with_body(req, self._max_body_bytes)))
 
     def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
-        sid, token = self._fields(req)
-        resp.media = legacy_body(self._concurrency.heartbeat(token, sid))
+        answer(req, resp, self._playback.heartbeat(None, _with_body(req, self._max_body_bytes)))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response) -> None:
-        sid, token = self._fields(req)
-        self._concurrency.stop(token, sid)
-        resp.status = falcon.HTTP_204
-
-    def _fields(self, req: falcon.Request) -> tuple[str, str]:
-        fields = require_strings(read_json(req, self._max_body_bytes), self._session_fields)
-        return fields["sessionKey"], fields["token"]
+        answer(req, resp, self._playback.stop(None, _with_body(req, self._max_body_bytes)))
 
 
 class Sessions:
     """`/v1/sessions`: start a session."""
 
-    def __init__(self, start: Starts) -> None:
-        self._start = start
+    def __init__(self, playback: Playback, config: Config) -> None:
+        self._playback = playback
+        self._max_body_bytes = config.max_body_bytes
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        grant = self._start(req)
-        if grant.status == "initiated":
-            resp.status = falcon.HTTP_201
-            resp.location = f"/v1/sessions/{grant.session.sid}"
-        resp.media = session_body(grant)
+        answer(req, resp, self._playback.start(NATIVE, _with_body(req, self._max_body_bytes)))
 
 
 class SessionItem:
     """`/v1/sessions/{sessionId}`: heartbeat and stop, with the session token as Bearer."""
 
-    def __init__(self, concurrency: Concurrency, config: Config) -> None:
-        self._concurrency = concurrency
-        self._max_id_chars = config.max_id_chars
+    def __init__(self, playback: Playback) -> None:
+        self._playback = playback
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
-        _check_id("sessionId", session_id, self._max_id_chars)
-        resp.media = session_body(self._concurrency.heartbeat(_session_token(req), session_id))
+        answer(req, resp, self._playback.heartbeat(session_id, Request(req.get_header("Authorization"))))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
-        _check_id("sessionId", session_id, self._max_id_chars)
-        self._concurrency.stop(_session_token(req), session_id)
-        resp.status = falcon.HTTP_204
+        answer(req, resp, self._playback.stop(session_id, Request(req.get_header("Authorization"))))
+
+
+def _with_body(req: falcon.Request, max_bytes: int) -> Request:
+    return Request(req.get_header("Authorization"), req.content_type, read_body(req, max_bytes))
+
+
+def answer(req: falcon.Request, resp: falcon.Response, call: Coroutine[Any, Any, Answer]) -> None:
+    """Run a player call on this thread and put its Answer into the response."""
+    result = sync.run(call)
+    resp.status = result.status
+    if result.media is not None:
+        resp.media = result.media
+    for name, value in result.headers:
+        resp.set_header(name, value)
+    if result.caller:
+        req.context.caller = result.caller
 
 
 class UserSessions:
@@ -103,12 +85,12 @@ class UserSessions:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         self._authorize(req, user_id)
-        now_ms, sessions = self._concurrency.sessions(user_id)
+        now_ms, sessions = sync.run(self._concurrency.sessions(user_id))
         resp.media = listing_body(user_id, now_ms, sessions, self._concurrency.ttl_ms)
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, user_id: str) -> None:
         self._authorize(req, user_id)
-        self._concurrency.kick(user_id)
+        sync.run(self._concurrency.kick(user_id))
         resp.status = falcon.HTTP_204
 
     def on_delete_one(
@@ -116,7 +98,7 @@ class UserSessions:
     ) -> None:
         self._authorize(req, user_id)
         _check_id("sessionId", session_id, self._max_id_chars)
-        if not self._concurrency.kick(user_id, session_id):
+        if not sync.run(self._concurrency.kick(user_id, session_id)):
             raise NotFound(f"user {user_id!r} has no live session {session_id!r}")
         resp.status = falcon.HTTP_204
 
@@ -160,7 +142,7 @@ class Ready:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checks = {
-            "redis": self._store.ping(),
+            "redis": sync.run(self._store.ping()),
             "keys": self._keyring.current.signing is not None,
         }
         ready = all(checks.values())
@@ -181,10 +163,6 @@ class OpenApi:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = "application/yaml"
         resp.data = self._document
-
-
-def _session_token(req: falcon.Request) -> str:
-    return bearer_token(req.get_header("Authorization"))
 
 
 def _check_id(name: str, value: str, max_chars: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import falcon
 
-from keys.errors import InvalidJws, NoSigningKey
+from keys.errors import InvalidJws, KeysError, NoSigningKey
 
 from .errors import InvalidCredentials, InvalidToken, LimitReached, ServiceError, StoreUnavailable
 from .sessions import Grant, Session
@@ -24,35 +24,45 @@ _LIMIT_MESSAGES = {
 }
 
 
+Headers = tuple[tuple[str, str], ...]
+
+
+def error_answer(exc: ServiceError | KeysError, retry_after_s: int) -> tuple[int, dict[str, Any], Headers]:
+    """Return the status, JSON body and headers that answer `exc` (a 503 says when to retry)."""
+    if isinstance(exc, InvalidJws):
+        return 401, {"error": InvalidToken.code, "message": str(exc)}, (_challenge(str(exc)),)
+    if isinstance(exc, NoSigningKey):
+        log.error("cannot sign: %s", exc)
+        body = {"error": "no_signing_key", "message": "no signing key is active; retry shortly"}
+        return 503, body, (("Retry-After", str(retry_after_s)),)
+    if not isinstance(exc, ServiceError):
+        raise exc  # a broken key directory is the operator's to fix: logged as a 500
+    headers: Headers = ()
+    if isinstance(exc, InvalidToken):
+        headers = (_challenge(exc.message),)
+    elif isinstance(exc, InvalidCredentials):
+        headers = (("WWW-Authenticate", 'Basic realm="trusted callers", charset="UTF-8"'),)
+    elif isinstance(exc, StoreUnavailable):
+        headers = (("Retry-After", str(retry_after_s)),)
+    return int(exc.status[:3]), error_body(exc), headers
+
+
 def add_error_handlers(app: falcon.App, retry_after_s: int) -> None:
     """Map every error a request can meet to its status, JSON body and headers."""
 
-    def service_error(req: falcon.Request, resp: falcon.Response, exc: ServiceError, params: Any) -> None:
-        resp.status = exc.status
-        resp.media = error_body(exc)
-        if isinstance(exc, InvalidToken):
-            _challenge(resp, exc.message)
-        elif isinstance(exc, InvalidCredentials):
-            resp.set_header("WWW-Authenticate", 'Basic realm="trusted callers", charset="UTF-8"')
-        elif isinstance(exc, StoreUnavailable):
-            resp.set_header("Retry-After", str(retry_after_s))
-
-    def invalid_jws(req: falcon.Request, resp: falcon.Response, exc: InvalidJws, params: Any) -> None:
-        resp.status = falcon.HTTP_401
-        resp.media = {"error": InvalidToken.code, "message": str(exc)}
-        _challenge(resp, str(exc))
-
-    def no_signing_key(req: falcon.Request, resp: falcon.Response, exc: NoSigningKey, params: Any) -> None:
-        log.error("cannot sign: %s", exc)
-        resp.status = falcon.HTTP_503
-        resp.media = {"error": "no_signing_key", "message": "no signing key is active; retry shortly"}
-        resp.set_header("Retry-After", str(retry_after_s))
+    def handle(
+        req: falcon.Request, resp: falcon.Response, exc: ServiceError | KeysError, params: Any
+    ) -> None:
+        status, resp.media, headers = error_answer(exc, retry_after_s)
+        resp.status = status
+        for name, value in headers:
+            resp.set_header(name, value)
 
     app.set_error_serializer(_serialize_http_error)
     app.add_error_handler(Exception, _unexpected)  # Falcon picks the most specific handler of an error
-    app.add_error_handler(ServiceError, service_error)
-    app.add_error_handler(InvalidJws, invalid_jws)
-    app.add_error_handler(NoSigningKey, no_signing_key)
+    app.add_error_handler(ServiceError, handle)
+    app.add_error_handler(InvalidJws, handle)
+    app.add_error_handler(NoSigningKey, handle)
 
 
 def error_body(exc: ServiceError) -> dict[str, Any]:
@@ -115,9 +125,9 @@ def _holder(session: Session) -> dict[str, Any]:
     }
 
 
-def _challenge(resp: falcon.Response, message: str) -> None:
+def _challenge(message: str) -> tuple[str, str]:
     text = _UNSAFE_IN_HEADER.sub("?", message)[:200]  # messages may quote token contents
-    resp.set_header("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"')
+    return "WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"'
 
 
 def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:

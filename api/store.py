@@ -1,26 +1,24 @@
 """The Redis session store: admit, refresh and release sessions, one script call each."""
 
 import base64
-import functools
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from . import lua
-from .cluster import LazyCluster
 from .errors import LimitReached, SessionGone, StoreUnavailable
 from .lua import EPOCH_MS
-from .pipeline import FastScript, Pipeline
+from .pipeline import PipelineRunner
 from .sessions import Admission, Limits, Session, new_session_id
 
 log = logging.getLogger(__name__)
 
-Script = Callable[..., Any]  # called as script(keys=[...], args=[...])
 RENEW_SAME, RENEW_NONE = "*", ""
 _REFUSALS = {"limit": "account", "stream_limit": "stream"}
 KEY_PREFIX = "c:"  # short: a key of at most 14 bytes takes 8 bytes less of Redis's memory
@@ -41,31 +39,32 @@ def unescape(value: str) -> str:
     return value.replace("%7C", "|").replace("%25", "%")
 
 
+class Runner(Protocol):
+    """What runs the scripts: over one pipelined connection, a cluster client, or asyncio (api/aio.py)."""
+
+    async def run(self, script: lua.Script, key: str, args: Sequence[object]) -> Any: ...
+
+    async def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class RedisStore:
-    """The sessions of each user in a Redis hash of their own."""
+    """The sessions of each user in a Redis hash of their own.
+
+    Its calls are coroutines. Over a blocking runner (a redis-py client) they never suspend and run to
+    completion on the calling thread (api/sync.py); over the asyncio runner they await the reply."""
 
     def __init__(
         self,
-        client: redis.Redis | LazyCluster,
+        client: Runner | redis.Redis | RedisCluster,
         new_sid: Callable[[], str] = new_session_id,
         timeout_s: float = 0.25,
     ) -> None:
-        self._client = client
+        self._runner = _runner_of(client)
         self._new_sid = new_sid
         self._timeout_ms = int(timeout_s * 1000)
         self._server_offset_ms: int | None = None  # Redis clock minus this process's monotonic clock
-        self._pipeline = None
-        register: Callable[[str], Script]
-        if isinstance(client, redis.Redis):  # the fast path; a cluster routes each call by its key
-            self._pipeline = Pipeline(client)
-            register = functools.partial(FastScript, self._pipeline)
-        else:
-            register = client.register_script
-        self._admit = register(lua.ADMIT)
-        self._refresh = register(lua.REFRESH)
-        self._release = register(lua.RELEASE)
-        self._kick = register(lua.KICK)
-        self._list = register(lua.LIST)
 
     def _learn_server_time(self, now_ms: int) -> None:
         self._server_offset_ms = now_ms - time.monotonic_ns() // 1_000_000
@@ -79,7 +78,7 @@ class RedisStore:
             return 0
         return time.monotonic_ns() // 1_000_000 + self._server_offset_ms + self._timeout_ms
 
-    def admit(
+    async def admit(
         self,
         user: str,
         device: str,
@@ -96,7 +95,7 @@ class RedisStore:
         evict = "1" if limits.evict_oldest else "0"
         args: tuple[object, ...] = (escape(device), escape(stream), self._new_sid(), ttl_ms, limits.limit)
         args += (limits.stream_limit, evict, tombstone_ms, self._deadline_ms(), renew)
-        reply = self._call(self._admit, user, args)
+        reply = await self._call(lua.ADMIT, user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)
         if status == "late":
@@ -108,7 +107,7 @@ class RedisStore:
         session = Session(user, reply[2].decode(), device, stream)
         return Admission(session, status, now_ms, tuple(sid.decode() for sid in reply[3:]))
 
-    def refresh(
+    async def refresh(
         self, session: Session, ttl_ms: int, token_exp_ms: int = 0, limit: int = 0, stream_limit: int = 0
     ) -> tuple[str, int]:
         """Extend a live session, or resume a lost one; raise SessionGone(reason) if it ended.
@@ -116,45 +115,42 @@ class RedisStore:
         Return (status, server ms) with status "updated" or "resumed"."""
         args: tuple[object, ...] = (session.sid, ttl_ms, token_exp_ms, limit, escape(session.device))
         args += (escape(session.stream), stream_limit)
-        reply = self._call(self._refresh, session.user, args)
+        reply = await self._call(lua.REFRESH, session.user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)
         if status == "gone":
             raise SessionGone(reply[2].decode())
         return status, now_ms
 
-    def release(self, session: Session, tombstone_ms: int) -> bool:
+    async def release(self, session: Session, tombstone_ms: int) -> bool:
         """End a session at once; return whether it was live."""
-        return bool(self._call(self._release, session.user, (session.sid, tombstone_ms)))
+        return bool(await self._call(lua.RELEASE, session.user, (session.sid, tombstone_ms)))
 
-    def kick(self, user: str, sid: str | None, tombstone_ms: int) -> list[str]:
+    async def kick(self, user: str, sid: str | None, tombstone_ms: int) -> list[str]:
         """End one session of `user` (or all when `sid` is None); return the sids ended."""
-        reply = self._call(self._kick, user, (sid or "", tombstone_ms))
+        reply = await self._call(lua.KICK, user, (sid or "", tombstone_ms))
         return [sid.decode() for sid in reply]
 
-    def sessions(self, user: str) -> tuple[int, list[Session]]:
+    async def sessions(self, user: str) -> tuple[int, list[Session]]:
         """Return (server ms, the live sessions of `user`, oldest first)."""
-        reply = self._call(self._list, user, ())
+        reply = await self._call(lua.LIST, user, ())
         return int(reply[0]) + EPOCH_MS, _sessions(user, reply[1:])
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
         """Whether Redis answers, through the same gate as the scripts."""
         try:
-            if self._pipeline:
-                return self._pipeline.execute("PING") in (b"PONG", "PONG")
-            return bool(self._client.ping())
-        except (RedisError, RedisClusterException):
+            return await self._runner.ping()
+        except (RedisError, RedisClusterException, OSError):
             return False
 
     def close(self) -> None:
-        """Close this store's own connection (the client's pool is the caller's to close)."""
-        if self._pipeline:
-            self._pipeline.close()
+        """Close this store's own connections (a client's pool is the caller's to close)."""
+        self._runner.close()
 
-    def _call(self, script: Script, user: str, args: Sequence[object]) -> Any:
+    async def _call(self, script: lua.Script, user: str, args: Sequence[object]) -> Any:
         try:
-            return script(keys=[user_key(user)], args=args)
-        except (RedisError, RedisClusterException) as exc:
+            return await self._runner.run(script, user_key(user), args)
+        except (RedisError, RedisClusterException, OSError) as exc:
             log.warning("redis unavailable: %s", exc)
             raise StoreUnavailable() from None
 
@@ -172,3 +168,28 @@ def _sessions(user: str, flat: Sequence[bytes]) -> list[Session]:
         )
         for i in range(0, len(flat), 5)
     ]
+
+
+class _ClientRunner:
+    """Scripts through any redis-py client's own machinery (a plain RedisCluster, in the tests)."""
+
+    def __init__(self, client: RedisCluster) -> None:
+        self._client = client
+        self._scripts = {s.name: client.register_script(s.source) for s in lua.SCRIPTS}
+
+    async def run(self, script: lua.Script, key: str, args: Sequence[object]) -> Any:
+        return self._scripts[script.name](keys=[key], args=list(args))  # type: ignore[arg-type]
+
+    async def ping(self) -> bool:
+        return bool(self._client.ping())
+
+    def close(self) -> None:
+        pass  # the client is its owner's
+
+
+def _runner_of(client: Runner | redis.Redis | RedisCluster) -> Runner:
+    if isinstance(client, redis.Redis):
+        return PipelineRunner(client)
+    if isinstance(client, RedisCluster):
+        return _ClientRunner(client)
+    return client

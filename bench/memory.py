@@ -6,6 +6,7 @@ each is loaded into its own fresh redis-server and measured as the growth of `us
 
 import time
 
+from api import sync
 from api.sessions import Limits
 from api.store import RedisStore
 
@@ -37,7 +38,7 @@ def load_store_model(client, sessions, first=0, max_streams=3):
     store = RedisStore(client)
     policy = Limits(limit=max_streams)
     for i in range(first, first + sessions):
-        store.admit(user(i), DEVICE, STREAM, policy, STORE_TTL_MS, STORE_TTL_MS)
+        sync.run(store.admit(user(i), DEVICE, STREAM, policy, STORE_TTL_MS, STORE_TTL_MS))
 
 
 def used_memory(client):

@@ -9,6 +9,7 @@ import fakeredis
 import falcon.testing
 import pytest
 import redis
+from blocking import Blocking
 from cluster import Inspector, LoopbackCluster
 from idp import IdentityProvider
 from players import CALLER_NAME, CALLER_SECRET
@@ -69,7 +70,7 @@ def inspector(cluster):
 def cluster_store(cluster):
     """The store as the service makes it in cluster mode: through `connect`."""
     client = connect(Config(redis_mode="cluster", redis_url=cluster.url))
-    yield RedisStore(client)
+    yield Blocking(RedisStore(client))
     client.close()
 
 
@@ -104,7 +105,7 @@ def make_store():
 
     def make(client, **options):
         made.append(RedisStore(client, **options))
-        return made[-1]
+        return Blocking(made[-1])
 
     yield make
     for store in made:

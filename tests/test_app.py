@@ -260,10 +260,7 @@ def test_store_down_is_503_with_retry_after(config, keyring):
 
 def test_unexpected_errors_are_500_without_a_trace(config, keyring):
     class Broken:
-        def register_script(self, script):
-            return self._boom
-
-        def _boom(self, **kwargs):
+        async def run(self, script, key, args):
             raise RuntimeError("secret internals")
 
     client = falcon.testing.TestClient(create_app(config, RedisStore(Broken()), keyring))

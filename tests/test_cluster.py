@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from blocking import Blocking
 from cluster import LoopbackCluster, cluster_ports
 from layout import SESSION_KEYS, user_key
 from players import assert_error, legacy_heartbeat, legacy_start, legacy_started, legacy_stop, new_user
@@ -238,7 +239,7 @@ def test_a_hung_then_dead_master_fails_only_its_own_users(keys_dir, tmp_path):
         # dead node's URL, nobody (hence: list several nodes, or a DNS name that follows the cluster).
         clients.append(connect(Config(redis_mode="cluster", redis_url=urls)))
         clients.append(connect(Config(redis_mode="cluster", redis_url=f"redis://127.0.0.1:{victim}")))
-        listed, only_dead = (RedisStore(client) for client in clients)
+        listed, only_dead = (Blocking(RedisStore(client)) for client in clients)
         for i in range(12):
             user = f"late-{i}"
             if doomed.master_of(user_key(user)) == victim:

@@ -5,6 +5,7 @@ import time
 
 import jwt
 import pytest
+from blocking import Blocking
 
 from api.concurrency import Concurrency
 from api.errors import InvalidToken, SessionGone, StoreUnavailable
@@ -40,7 +41,7 @@ class Counts:
 class Down:
     """A store whose every operation finds Redis unreachable."""
 
-    def _down(self, *args, **kwargs):
+    async def _down(self, *args, **kwargs):
         raise StoreUnavailable()
 
     admit = refresh = release = kick = sessions = _down
@@ -56,19 +57,19 @@ class Recording:
     def _now_ms(self):
         return int(self._clock() * 1000)
 
-    def admit(self, user, device, stream, limits, ttl_ms, tombstone_ms, renew="*"):
+    async def admit(self, user, device, stream, limits, ttl_ms, tombstone_ms, renew="*"):
         self.calls.append(("admit", tombstone_ms))
         return Admission(Session(user, "sid-1", device, stream), "initiated", self._now_ms())
 
-    def refresh(self, session, ttl_ms, token_exp_ms=0, limit=0, stream_limit=0):
+    async def refresh(self, session, ttl_ms, token_exp_ms=0, limit=0, stream_limit=0):
         self.calls.append(("refresh", token_exp_ms))
         return "updated", self._now_ms()
 
-    def release(self, session, tombstone_ms):
+    async def release(self, session, tombstone_ms):
         self.calls.append(("release", tombstone_ms))
         return True
 
-    def kick(self, user, sid, tombstone_ms):
+    async def kick(self, user, sid, tombstone_ms):
         self.calls.append(("kick", tombstone_ms))
         return []
 
@@ -90,7 +91,7 @@ def counts():
 
 @pytest.fixture
 def service(store, tokens, config, counts, clock):
-    return Concurrency(store, tokens, config, count=counts, clock=clock)
+    return Blocking(Concurrency(store.target, tokens, config, count=counts, clock=clock))
 
 
 def claims_of(grant, keyring, config):
@@ -196,7 +197,9 @@ def test_a_lost_session_resumes_while_its_token_is_valid(any_redis, service, cou
 
 
 def test_a_lost_session_is_gone_without_resume(store, any_redis, tokens, config, counts):
-    service = Concurrency(store, tokens, dataclasses.replace(config, resume=False), count=counts)
+    service = Blocking(
+        Concurrency(store.target, tokens, dataclasses.replace(config, resume=False), count=counts)
+    )
     grant = service.start("ann", "tv", "film", LIMITS)
     any_redis.flushall()
     with pytest.raises(SessionGone) as gone:
@@ -207,7 +210,7 @@ def test_a_lost_session_is_gone_without_resume(store, any_redis, tokens, config,
 
 def test_fail_open_hands_out_a_degraded_grant(tokens, config, counts, clock, keyring):
     config = dataclasses.replace(config, on_store_error="open", degraded_ttl_s=45)
-    service = Concurrency(Down(), tokens, config, count=counts, clock=clock)
+    service = Blocking(Concurrency(Down(), tokens, config, count=counts, clock=clock))
     clock.now = 1_900_000_000.5  # the app clock, not Redis's, dates a degraded token
     grant = service.start("ann", "tv", "film", Limits(2))
     assert (grant.status, grant.ttl_s) == ("initiated", 45)
@@ -224,7 +227,7 @@ def test_fail_open_hands_out_a_degraded_grant(tokens, config, counts, clock, key
 
 
 def test_fail_closed_reraises(tokens, config, counts, clock):
-    service = Concurrency(Down(), tokens, config, count=counts, clock=clock)
+    service = Blocking(Concurrency(Down(), tokens, config, count=counts, clock=clock))
     assert config.on_store_error == "closed"
     with pytest.raises(StoreUnavailable):
         service.start("ann", "tv", "film", LIMITS)
@@ -245,7 +248,7 @@ def test_tombstones_outlive_every_token(tokens, config, clock, on_store_error, t
         config, session_ttl_s=60, degraded_ttl_s=90, token_leeway_s=7, on_store_error=on_store_error
     )
     store = Recording(clock)
-    service = Concurrency(store, tokens, config, clock=clock)
+    service = Blocking(Concurrency(store, tokens, config, clock=clock))
     grant = service.start("ann", "tv", "film", LIMITS)
     service.stop(grant.token, grant.session.sid)
     service.kick("ann")
@@ -255,7 +258,7 @@ def test_tombstones_outlive_every_token(tokens, config, clock, on_store_error, t
 @pytest.mark.parametrize("resume", [True, False])
 def test_heartbeat_passes_the_token_expiry_only_with_resume(tokens, config, clock, resume):
     store = Recording(clock)
-    service = Concurrency(store, tokens, dataclasses.replace(config, resume=resume), clock=clock)
+    service = Blocking(Concurrency(store, tokens, dataclasses.replace(config, resume=resume), clock=clock))
     grant = service.start("ann", "tv", "film", LIMITS)
     exp = tokens.verify(grant.token)["exp"]
     service.heartbeat(grant.token, grant.session.sid)

@@ -71,11 +71,8 @@ def test_unknown_path_is_a_documented_404(client, path):
 
 def test_internal_fault_is_the_documented_500(config, keyring):
     class Broken:
-        def register_script(self, script):
-            def fail(**kwargs):
-                raise RuntimeError("internals")
-
-            return fail
+        async def run(self, script, key, args):
+            raise RuntimeError("internals")
 
     client = falcon.testing.TestClient(create_app(config, RedisStore(Broken()), keyring))
     answer = client.simulate_post("/v1/sessions", json=START)

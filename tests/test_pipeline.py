@@ -1,5 +1,6 @@
-"""FastScript and Pipeline: EVALSHA on one pipelined connection, against a real redis-server."""
+"""PipelineRunner and Pipeline: EVALSHA on one pipelined connection, against a real redis-server."""
 
+import hashlib
 import signal
 import threading
 import time
@@ -8,27 +9,42 @@ import pytest
 import redis
 from layout import user_key
 
+from api import sync
 from api.errors import StoreUnavailable
-from api.pipeline import FastScript, Pipeline
+from api.lua import Script
+from api.pipeline import PipelineRunner
 from api.sessions import Limits
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
 
+class Called:
+    """A script called as `script(keys=[key], args=[...])` through a PipelineRunner, on this thread."""
+
+    def __init__(self, runner, source):
+        self._runner = runner
+        self._script = Script("test", source, hashlib.sha1(source.encode()).hexdigest())
+
+    def __call__(self, keys, args):
+        return sync.run(self._runner.run(self._script, keys[0], args))
+
+
 @pytest.fixture
 def connections(real_redis):
-    return Pipeline(real_redis)
+    runner = PipelineRunner(real_redis)
+    yield runner
+    runner.close()
 
 
 def test_loads_the_script_on_first_use_and_after_a_flush(connections, real_redis):
-    script = FastScript(connections, ECHO)
+    script = Called(connections, ECHO)
     assert script(keys=["k"], args=["a"]) == [b"k", b"a"]
     real_redis.script_flush()
     assert script(keys=["k"], args=["b"]) == [b"k", b"b"]
 
 
 def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(connections, real_redis):
-    script = FastScript(connections, ECHO)
+    script = Called(connections, ECHO)
     script(keys=["k"], args=["warm"])
     real_redis.config_resetstat()
     barrier = threading.Barrier(32)
@@ -52,8 +68,8 @@ def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(connecti
 
 
 def test_errors_reach_only_their_own_call(connections):
-    good = FastScript(connections, ECHO)
-    bad = FastScript(connections, "return redis.error_reply('mine')")
+    good = Called(connections, ECHO)
+    bad = Called(connections, "return redis.error_reply('mine')")
     errors, replies = [], []
 
     def run(script, out):
@@ -72,11 +88,11 @@ def test_errors_reach_only_their_own_call(connections):
 
 def test_script_errors_are_redis_errors(connections):
     with pytest.raises(redis.ResponseError):
-        FastScript(connections, "return redis.call('NOSUCHCOMMAND')")(keys=["k"], args=[])
+        Called(connections, "return redis.call('NOSUCHCOMMAND')")(keys=["k"], args=[])
 
 
 def test_a_stale_connection_is_replaced_once(connections, real_redis):
-    script = FastScript(connections, ECHO)
+    script = Called(connections, ECHO)
     script(keys=["k"], args=["a"])
     real_redis.client_kill_filter(_type="normal", skipme=True)  # the server drops our kept connection
     assert script(keys=["k"], args=["again"]) == [b"k", b"again"]
@@ -84,8 +100,8 @@ def test_a_stale_connection_is_replaced_once(connections, real_redis):
 
 def test_after_a_timeout_calls_fail_at_once_for_a_moment(redis_server):
     client = redis.Redis(port=redis_server.port, socket_timeout=0.2)
-    connections = Pipeline(client, pause_s=0.5)
-    script = FastScript(connections, ECHO)
+    connections = PipelineRunner(client)  # pauses 0.5 s after a timeout
+    script = Called(connections, ECHO)
     script(keys=["k"], args=["warm"])
     redis_server.signal(signal.SIGSTOP)
     try:
@@ -120,7 +136,7 @@ def test_a_start_arriving_after_its_deadline_is_refused(redis_server, real_redis
 
 def test_an_unexpected_error_reaches_every_call_and_nobody_hangs(redis_server):
     client = redis.Redis(port=redis_server.port, db=99)  # SELECT 99 fails when the connection opens
-    script = FastScript(Pipeline(client), ECHO)
+    script = Called(PipelineRunner(client), ECHO)
     errors = []
 
     def call():
