@@ -9,12 +9,14 @@ import falcon
 from keys.keyring import Keyring
 
 from . import resources
+from .aio import AsyncRunner
 from .concurrency import Concurrency
 from .config import Config
 from .connection import connect
+from .front import Front
 from .identity import Identity
 from .metrics import Metrics, MetricsResource
-from .observability import Observe, configure_logging
+from .observability import Observe, Observer, configure_logging
 from .playback import Playback
 from .responses import add_error_handlers
 from .store import RedisStore
@@ -29,21 +31,16 @@ def create_app(
     keyring: Keyring,
     identity: Identity | None = None,
     metrics: Metrics | None = None,
+    tokens: SessionTokens | None = None,
 ) -> falcon.App:
     """Return the WSGI app over the given config, session store and keyring; no side effects."""
     metrics = metrics or Metrics()
-    tokens = SessionTokens(
-        keyring,
-        config.issuer,
-        config.audience,
-        config.token_leeway_s,
-        issued_cache_size=config.token_cache_size,
-    )
+    tokens = tokens or session_tokens(config, keyring)
     concurrency = Concurrency(store, tokens, config, count=metrics.count)
     identity = identity or Identity(config)
     playback = Playback(concurrency, identity, config)
 
-    app = falcon.App(middleware=[Observe(metrics, config.access_log)], cors_enable=False)
+    app = falcon.App(middleware=[Observe(Observer(metrics, config.access_log))], cors_enable=False)
     app.req_options.strip_url_path_trailing_slash = True
     add_error_handlers(app, config.retry_after_s)
 
@@ -63,11 +60,48 @@ def create_app(
     return app
 
 
+def session_tokens(config: Config, keyring: Keyring) -> SessionTokens:
+    return SessionTokens(
+        keyring,
+        config.issuer,
+        config.audience,
+        config.token_leeway_s,
+        issued_cache_size=config.token_cache_size,
+    )
+
+
 def get_app(environ: Mapping[str, str] | None = None) -> falcon.App:
-    """Build the app from CONCURRENCY_* variables (os.environ by default): the entry point for servers."""
+    """Build the WSGI app from CONCURRENCY_* variables (os.environ by default), as gunicorn serves it."""
+    config, keyring = _boot(environ)
+    return create_app(config, RedisStore(connect(config), timeout_s=config.redis_timeout_s), keyring)
+
+
+def get_front(environ: Mapping[str, str] | None = None) -> Front:
+    """Build a worker's RSGI front from CONCURRENCY_* variables, as granian serves it (api/front.py)."""
+    config, keyring = _boot(environ)
+    metrics, identity, tokens = Metrics(), Identity(config), session_tokens(config, keyring)
+    blocking = RedisStore(connect(config), timeout_s=config.redis_timeout_s)
+    app = create_app(config, blocking, keyring, identity, metrics, tokens)
+    inline = config.redis_mode == "standalone"  # the asyncio runner speaks to one Redis, not a cluster
+    store = blocking
+    if inline:
+        runner = AsyncRunner(config.redis_url, config.redis_timeout_s)
+        store = RedisStore(runner, timeout_s=config.redis_timeout_s)
+    playback = Playback(Concurrency(store, tokens, config, count=metrics.count), identity, config)
+    return Front(
+        app,
+        playback,
+        Observer(metrics, config.access_log),
+        inline=inline,
+        threads=config.threads,
+        max_body_bytes=config.max_body_bytes,
+        body_timeout_s=config.body_timeout_s,
+    )
+
+
+def _boot(environ: Mapping[str, str] | None) -> tuple[Config, Keyring]:
     config = Config.from_env(os.environ if environ is None else environ)
     configure_logging(config.log_level)
-    store = RedisStore(connect(config), timeout_s=config.redis_timeout_s)
     keyring = Keyring.open(config.keys_dir, config.signing_key_pem, config.keys_reload_s)
     _ = keyring.signing_key  # fail at boot, not on the first request, when no key is active
-    return create_app(config, store, keyring)
+    return config, keyring

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
-    serve.add_argument("--threads", type=int, default=8, help="threads per worker (default %(default)s)")
+    serve.add_argument("--threads", type=int, help="threads per worker (CONCURRENCY_THREADS, default 8)")
     serve.add_argument("--server", choices=SERVERS, default="granian", help="default %(default)s")
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
@@ -53,8 +53,9 @@ def _keys_settings() -> keys_cli.Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.keys_dir:
-        os.environ[Config.env_name("keys_dir")] = args.keys_dir  # the workers build their app from it
+    for name, value in (("keys_dir", args.keys_dir), ("threads", args.threads)):
+        if value is not None:  # the workers build their app from the environment
+            os.environ[Config.env_name(name)] = str(value)
     config = Config.from_env()
     host = args.bind.rpartition(":")[0].strip("[]")
     if config.caller_modes == ("anonymous",) and not (_loopback(host) or config.allow_anonymous):
@@ -73,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     with _metrics_dir():
-        run(args.server, args.bind, args.workers, args.threads)
+        run(args.server, args.bind, args.workers, config)
     return 0
 
 

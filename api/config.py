@@ -23,6 +23,7 @@ MAX_ID_CHARS = 256
 MAX_TOKEN_CHARS = 6144  # the longest session token we issue (ids of MAX_ID_CHARS 4-byte characters) fits
 # The longest valid request: three ids whose characters are JSON-escaped surrogate pairs, and a token.
 MIN_BODY_BYTES = 3 * 12 * MAX_ID_CHARS + MAX_TOKEN_CHARS + 256
+MIN_HEADER_BYTES = 8192  # the HTTP server's smallest read buffer; a session token in Authorization fits
 
 _NONE: Mapping[str, Any] = types.MappingProxyType({})
 
@@ -112,6 +113,13 @@ class Config:
     token_cache_size: int = _setting("CONCURRENCY_TOKEN_CACHE_SIZE", 32768)  # about 700 bytes each; 0: off
     jwks_max_age_s: int = _setting("CONCURRENCY_JWKS_MAX_AGE", 300)
     max_body_bytes: int = _setting("CONCURRENCY_MAX_BODY_BYTES", 16384)
+    max_header_bytes: int = _setting("CONCURRENCY_MAX_HEADER_BYTES", 16384)  # the request line and headers
+    header_timeout_s: float = _setting("CONCURRENCY_HEADER_TIMEOUT", 5.0)  # to send the request's headers
+    body_timeout_s: float = _setting("CONCURRENCY_BODY_TIMEOUT", 5.0)  # to send its body, once headers came
+    max_requests: int = _setting("CONCURRENCY_MAX_REQUESTS", 1024)  # in progress at once per worker
+    threads: int = _setting("CONCURRENCY_THREADS", 8)  # per worker: the Falcon app's, and cluster calls'
+    drain_s: float = _setting("CONCURRENCY_DRAIN", 5.0)  # after SIGTERM: not ready, still serving
+    shutdown_timeout_s: float = _setting("CONCURRENCY_SHUTDOWN_TIMEOUT", 10.0)  # then in-flight requests
     max_id_chars: int = _setting("CONCURRENCY_MAX_ID_CHARS", 256)
     retry_after_s: int = _setting("CONCURRENCY_RETRY_AFTER", 1)
     access_log: bool = _setting("CONCURRENCY_ACCESS_LOG", False)  # one JSON line per request
@@ -139,14 +147,20 @@ class Config:
     plan_at_limit: Mapping[str, str] = _setting("CONCURRENCY_PLAN_AT_LIMIT", _NONE, _plan_behaviours)
 
     def __post_init__(self) -> None:
-        at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "max_body_bytes")
+        at_least_one = ("max_streams", "session_ttl_s", "degraded_ttl_s", "max_body_bytes", "threads")
         for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
         for name in ("stream_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must not be negative")
-        for name in ("redis_timeout_s", "keys_reload_s"):
+        for name in (
+            "redis_timeout_s",
+            "keys_reload_s",
+            "header_timeout_s",
+            "body_timeout_s",
+            "shutdown_timeout_s",
+        ):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{self.env_name(name)} must be a positive number of seconds")
         if not 0 <= self.keys_propagation_s < math.inf:
@@ -173,6 +187,12 @@ class Config:
                 raise ConfigError(f"{self.env_name('plan_at_limit')}: {plan!r} needs reject or evict-oldest")
         if not 1 <= self.max_id_chars <= MAX_ID_CHARS:
             raise ConfigError(f"{self.env_name('max_id_chars')} must be between 1 and {MAX_ID_CHARS}")
+        if not 0 <= self.drain_s < math.inf:
+            raise ConfigError(f"{self.env_name('drain_s')} must be a number of seconds, 0 or more")
+        if self.max_requests < 1:
+            raise ConfigError(f"{self.env_name('max_requests')} must be at least 1")
+        if self.max_header_bytes < MIN_HEADER_BYTES:
+            raise ConfigError(f"{self.env_name('max_header_bytes')} must be at least {MIN_HEADER_BYTES}")
         if self.max_body_bytes < MIN_BODY_BYTES:
             raise ConfigError(
                 f"{self.env_name('max_body_bytes')} must be at least {MIN_BODY_BYTES}: the longest valid"

@@ -19,8 +19,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
-class Observe:
-    """Middleware: request ids, latency and outcome metrics, optional access log."""
+class Observer:
+    """Request ids, latency and outcome metrics, and the access log, for any path a request takes."""
 
     def __init__(self, metrics: Metrics, access_log: bool = False) -> None:
         self._metrics = metrics
@@ -28,37 +28,62 @@ class Observe:
         self._ids = itertools.count(1)
         self._access_log = logging.getLogger("api.access") if access_log else None
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        rid = req.get_header(REQUEST_ID_HEADER)
-        if not (rid and _REQUEST_ID.fullmatch(rid)):
+    def begin(self, given: str | None) -> str:
+        """Return the request's id (the caller's, when acceptable) and make it the one logs carry."""
+        rid = given if given and _REQUEST_ID.fullmatch(given) else None
+        if rid is None:
             rid = f"{self._prefix}{next(self._ids) & 0xFFFFFFFF:08x}"  # 16 hex digits, unique per process
         request_id.set(rid)
-        resp.set_header(REQUEST_ID_HEADER, rid)
-        req.context.started = time.perf_counter()
+        return rid
 
-    def process_response(
-        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    def end(
+        self,
+        route: str,
+        method: str,
+        path: str,
+        status: int,
+        media: object,
+        caller: str | None,
+        started: float,
     ) -> None:
-        seconds = time.perf_counter() - req.context.started
-        route = req.uri_template or "unmatched"
-        method = req.method if req.method in _METHODS else "OTHER"  # labels a client cannot multiply
-        media = resp.media if isinstance(resp.media, dict) else {}
-        outcome = media.get("error") or media.get("status") or resp.status_code
+        """Count the request's outcome and latency, and log it when the access log is on."""
+        seconds = time.perf_counter() - started
+        method = method if method in _METHODS else "OTHER"  # labels a client cannot multiply
+        body = media if isinstance(media, dict) else {}
+        outcome = body.get("error") or body.get("status") or status
         if outcome == "limit_reached":
             self._metrics.count("limit_hit")
         elif outcome == "store_unavailable":
             self._metrics.count("store_error")
-        if method == "DELETE" and resp.status_code == 204:
+        if method == "DELETE" and status == 204:
             outcome = "stopped"
         self._metrics.observe(route, method, str(outcome), seconds)
-        caller = getattr(req.context, "caller", None)  # set once a credential was checked
         if caller:
             self._metrics.count_caller(caller, route, method)
         if self._access_log:
-            extra = {"route": route, "status": resp.status_code, "duration_ms": round(seconds * 1000, 3)}
+            extra = {"route": route, "status": status, "duration_ms": round(seconds * 1000, 3)}
             if caller:
                 extra["caller"] = caller
-            self._access_log.info("%s %s %s", req.method, req.path, resp.status_code, extra=extra)
+            self._access_log.info("%s %s %s", method, path, status, extra=extra)
+
+
+class Observe:
+    """Falcon middleware: the Observer around each request the Falcon app serves."""
+
+    def __init__(self, observer: Observer) -> None:
+        self._observer = observer
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        resp.set_header(REQUEST_ID_HEADER, self._observer.begin(req.get_header(REQUEST_ID_HEADER)))
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        route = req.uri_template or "unmatched"
+        caller = getattr(req.context, "caller", None)  # set once a credential was checked
+        media = resp.media
+        self._observer.end(route, req.method, req.path, resp.status_code, media, caller, req.context.started)
 
 
 class JsonFormatter(logging.Formatter):

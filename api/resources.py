@@ -7,7 +7,7 @@ import falcon
 
 from keys.keyring import Keyring
 
-from . import sync
+from . import shutdown, sync
 from .concurrency import Concurrency
 from .config import Config
 from .errors import BadRequest, NotFound
@@ -133,7 +133,7 @@ class Health:
 
 
 class Ready:
-    """`/readyz`: Redis answers and a signing key is loaded; and who may act for a user here."""
+    """`/readyz`: Redis answers, a signing key is loaded, no shutdown is under way; who may act here."""
 
     def __init__(self, store: RedisStore, keyring: Keyring, caller_modes: tuple[str, ...]) -> None:
         self._store = store
@@ -144,6 +144,7 @@ class Ready:
         checks = {
             "redis": sync.run(self._store.ping()),
             "keys": self._keyring.current.signing is not None,
+            "serving": not shutdown.draining(),
         }
         ready = all(checks.values())
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503

@@ -1,45 +1,73 @@
-"""Run the WSGI app under granian (the default: HTTP in Rust, measured fastest) or gunicorn."""
+"""Run the service under granian (the default: HTTP in Rust, each worker's RSGI front, api/front.py) or
+gunicorn (the Falcon WSGI app alone, for setups with a buffering proxy in front: its threads wait on
+slow clients). Either way SIGTERM drains first (api/shutdown.py)."""
 
+import threading
+import time
 from typing import Any
+
+from . import shutdown
+from .config import Config
 
 SERVERS = ("granian", "gunicorn")
 
 
-def run(server: str, bind: str, workers: int, threads: int) -> None:
-    """Serve `api.app:get_app()` on HOST:PORT until stopped."""
+def run(server: str, bind: str, workers: int, config: Config) -> None:
+    """Serve on HOST:PORT until stopped."""
     host, _, port = bind.rpartition(":")
     if server == "granian":
-        _run_granian(host or "127.0.0.1", int(port), workers, threads)
+        _run_granian(host.strip("[]") or "127.0.0.1", int(port), workers, config)
     else:
-        _run_gunicorn(bind, workers, threads)
+        _run_gunicorn(bind, workers, config)
 
 
-def _run_granian(host: str, port: int, workers: int, threads: int) -> None:
-    from granian import Granian
+def _run_granian(host: str, port: int, workers: int, config: Config) -> None:
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server.mp import MPServer  # granian.Granian: worker processes, as a GIL build runs
 
-    Granian(
-        "api.app:get_app",
+    class Draining(MPServer):
+        def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
+            _drain_then(lambda: super(Draining, self).signal_handler_interrupt(*args, **kwargs), config)
+
+    Draining(
+        "api.app:get_front",
         factory=True,
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI,
         workers=workers,
-        blocking_threads=threads,
         websockets=False,
+        backlog=config.max_requests,
+        backpressure=config.max_requests,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(config.header_timeout_s * 1000), max_buffer_size=config.max_header_bytes
+        ),
+        workers_kill_timeout=int(config.shutdown_timeout_s) or 1,
         respawn_failed_workers=True,
     ).serve()
 
 
-def _run_gunicorn(bind: str, workers: int, threads: int) -> None:
+def _run_gunicorn(bind: str, workers: int, config: Config) -> None:
     from gunicorn.app.base import BaseApplication
+    from gunicorn.arbiter import Arbiter
+
+    class Draining(Arbiter):
+        def handle_term(self) -> None:
+            done = threading.Event()
+            _drain_then(done.set, config)
+            done.wait()
+            super().handle_term()
 
     class Gunicorn(BaseApplication):
         def load_config(self) -> None:
-            options = {"bind": bind, "workers": workers, "threads": threads, "accesslog": None}
+            options = {"bind": bind, "workers": workers, "threads": config.threads, "accesslog": None}
             options["control_socket_disable"] = True  # gunicorn >= 25 opens one in $HOME otherwise
             options["child_exit"] = _mark_worker_dead
-            if threads > 1:
+            options["graceful_timeout"] = config.shutdown_timeout_s
+            options["timeout"] = max(30, int(config.shutdown_timeout_s) + 1)
+            options["limit_request_field_size"] = config.max_header_bytes
+            if config.threads > 1:
                 options["worker_class"] = "gthread"
             for name, value in options.items():
                 self.cfg.set(name, value)
@@ -49,7 +77,26 @@ def _run_gunicorn(bind: str, workers: int, threads: int) -> None:
 
             return get_app()
 
+        def run(self) -> None:
+            Draining(self).run()
+
     Gunicorn().run()
+
+
+def _drain_then(stop: Any, config: Config) -> None:
+    """Say not ready at once; call `stop` after the drain period, on a thread (this is a signal handler).
+
+    A second signal during the drain stops at once."""
+    if shutdown.draining():
+        stop()
+        return
+    shutdown.begin()
+
+    def drain() -> None:
+        time.sleep(config.drain_s)
+        stop()
+
+    threading.Thread(target=drain, daemon=True).start()
 
 
 def _mark_worker_dead(server: Any, worker: Any) -> None:

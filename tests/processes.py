@@ -97,6 +97,7 @@ class ServerProcess:
     """The real `concurrency-service serve` process on a free port."""
 
     def __init__(self, redis_url, keys_dir, workers=2, threads=4, host="127.0.0.1", **env):
+        env.setdefault("drain_s", 0)  # tests stop many servers; the shutdown tests ask for a drain
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {
@@ -133,6 +134,14 @@ class ServerProcess:
         """Return what the server has logged so far."""
         with open(self.log.name, "rb") as file:
             return file.read().decode(errors="replace")
+
+    def terminate(self):
+        """Send SIGTERM to the server process alone, as a container runtime does to its first process."""
+        self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s):
+        """Wait for the server process to exit; return its exit status."""
+        return self._proc.wait(timeout=timeout_s)
 
     def stop(self):
         """Stop the server and its workers (its whole process group)."""

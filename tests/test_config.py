@@ -110,7 +110,8 @@ def _resolve(key, module):
 
 
 def test_only_config_reads_concurrency_variables():
-    allowed_write = ("api/cli.py", "write", "CONCURRENCY_KEYS_DIR")  # `serve --keys-dir` for its workers
+    # `serve --keys-dir/--threads` pass their values to the workers under the names Config gives them
+    allowed_write = ("api/cli.py", "write", "Config.env_name(name)")
     uses = environ_uses()
     wrong = [
         use
@@ -128,7 +129,7 @@ def test_the_environ_scan_sees_the_known_uses():
     uses = {(path, how, key) for path, _, how, key in environ_uses()}
     assert ("api/metrics.py", "read", "PROMETHEUS_MULTIPROC_DIR") in uses
     assert ("api/cli.py", "write", "PROMETHEUS_MULTIPROC_DIR") in uses
-    assert ("api/cli.py", "write", "CONCURRENCY_KEYS_DIR") in uses
+    assert ("api/cli.py", "write", "Config.env_name(name)") in uses
     assert ("api/app.py", "via-config", None) in uses
 
 

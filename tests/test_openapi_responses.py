@@ -896,7 +896,7 @@ def ready(api):
 @provokes("get", "/readyz", 503)
 def not_ready_with_redis_down(api):
     answer = api.store_down().simulate_get("/readyz")
-    assert answer.json["checks"] == {"redis": False, "keys": True}
+    assert answer.json["checks"] == {"redis": False, "keys": True, "serving": True}
     return answer
 
 
