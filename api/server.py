@@ -64,7 +64,7 @@ def _run_gunicorn(bind: str, workers: int, config: Config) -> None:
             options = {"bind": bind, "workers": workers, "threads": config.threads, "accesslog": None}
             options["control_socket_disable"] = True  # gunicorn >= 25 opens one in $HOME otherwise
             options["child_exit"] = _mark_worker_dead
-            options["graceful_timeout"] = config.shutdown_timeout_s
+            options["graceful_timeout"] = max(1, round(config.shutdown_timeout_s))
             options["timeout"] = max(30, int(config.shutdown_timeout_s) + 1)
             options["limit_request_field_size"] = config.max_header_bytes
             if config.threads > 1:
