@@ -45,6 +45,12 @@ def parse_args(argv=None):
         default=DEFAULTS.crypto_iterations,
         help="ES256 signs and verifies timed for the floor (%(default)s)",
     )
+    option(
+        "--flood",
+        type=int,
+        default=DEFAULTS.flood_s,
+        help="seconds of a one-account start/stop flood, then of the same churn spread (0 skips it)",
+    )
     option("--json", action="store_true", help="print the figures as JSON instead of the table")
     args = parser.parse_args(argv)
     ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
@@ -67,6 +73,7 @@ def parse_args(argv=None):
         paced=args.paced,
         memory_sessions=tuple(n for n in args.memory_sessions if n > 0),
         crypto_iterations=max(10, args.crypto_iterations),
+        flood_s=max(0, args.flood),
     ), args.json
 
 

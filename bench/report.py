@@ -1,5 +1,7 @@
 """The figures of a run as a table for people, with the product's targets checked."""
 
+from . import flood
+
 FLOOR_SHARE_TARGET = 0.5
 P99_TARGET_MS = 5.0
 MEMORY_TARGET = 1.3  # × the seed model's bytes per session (issue 9)
@@ -63,6 +65,9 @@ def table(result):
             f"  seed model, one string key per slot  {seed:7.1f} B/session",
             f"  this service's store (admit script)  {store:7.1f} B/session  ({store / seed:.2f} × seed)",
         ]
+    if "flood" in result:
+        lines += ["", "one account's start/stop flood against the same churn spread over many accounts:"]
+        lines += flood.report(result["flood"])
     rows = targets(result)
     if rows:
         width = max(len(name) for name, _, _ in rows)

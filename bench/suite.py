@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import crypto, memory, roundtrips, wrk
+from . import crypto, flood, memory, roundtrips, wrk
 from .processes import BenchError, redis_server, service
 from .sessions import SessionPool
 
@@ -33,6 +33,7 @@ class Options:
     paced: float = 0.5  # the paced run's share of the saturated rate; 0 skips it
     memory_sessions: tuple[int, ...] = (10_000, 100_000)
     crypto_iterations: int = 20_000
+    flood_s: int = 0  # seconds of each run of the one-account flood against the spread churn; 0 skips it
 
 
 def cpu_split(pin):
@@ -76,6 +77,9 @@ def run(options, log):
                 for op in wrk.OPS:
                     if op in options.ops:
                         result["ops"][op] = bench.measure(op, result["crypto"]["floor_per_s"])
+                if options.flood_s:
+                    log(f"a one-account start/stop flood, then that churn spread: {options.flood_s} s each")
+                    result["flood"] = flood.measure(app.port, redis.client, options.flood_s)
         if options.memory_sessions:
             counts = " and ".join(f"{n:,}" for n in options.memory_sessions)
             log(f"loading {counts} sessions into Redis, each model in a fresh redis-server")
