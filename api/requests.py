@@ -46,17 +46,17 @@ def require_strings(
 ) -> dict[str, str]:
     """Return the fields named in `limits`, each a non-empty string no longer than its limit; no others.
 
-    A field named in `optional` may be absent and is then left out."""
+    A field named in `optional` may be absent (not null) and is then left out."""
     unknown = sorted(set(body) - set(limits))
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}", field=unknown[0])
     values = {}
     for name, max_chars in limits.items():
-        value = body.get(name)
-        if value is None and name in optional:
+        if name not in body and name in optional:
             continue
+        value = body.get(name)
         if value is None:
-            raise BadRequest(f"field {name!r} is required", field=name)
+            raise BadRequest(f"field {name!r} is required (and may not be null)", field=name)
         if not isinstance(value, str):
             raise BadRequest(f"field {name!r} must be a string", field=name)
         if not value:
