@@ -67,6 +67,7 @@ class Concurrency:
             if (claims["sub"], claims["device"], claims["stream"]) != (user, device, stream):
                 raise InvalidToken("token belongs to another user, device or stream")
             renew = claims["sid"]
+        limit_claims = _limit_claims(limits.limit, limits.device_limit)
         try:
             admission = await self._store.admit(
                 user, device, stream, limits, self.ttl_ms, self._tombstone_ms, renew
@@ -78,11 +79,11 @@ class Concurrency:
             if not self._fail_open:
                 raise
             session = Session(user, new_session_id(), device, stream)
-            return self._degraded(session, "initiated", limits.limit, confirmed_s=int(self._clock()))
+            return self._degraded(session, "initiated", limit_claims, confirmed_s=int(self._clock()))
         for sid in admission.evicted:
             log.info("evicted session %s of user %s", sid, user)
         self._count("evicted", len(admission.evicted))
-        return self._grant(admission.session, admission.status, admission.now_ms, limits.limit)
+        return self._grant(admission.session, admission.status, admission.now_ms, limit_claims)
 
     async def heartbeat(self, token: str, sid: str) -> Grant:
         """Verify the token of session `sid`, extend the session and return a Grant with a fresh token."""
@@ -91,20 +92,26 @@ class Concurrency:
         except TokenExpired:
             raise SessionGone("expired") from None
         session = _session(claims, sid)
-        limit = claims.get("lim", 0)
+        limit, device_limit = claims.get("lim", 0), claims.get("dlim", 0)
+        limit_claims = _limit_claims(limit, device_limit)
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
         try:
+<<<<<<< HEAD
             args = (token_exp_ms, limit, self._stream_limit)
             status, now_ms = await self._store.refresh(session, self.ttl_ms, *args)
+=======
+            args = (token_exp_ms, limit, self._stream_limit, device_limit)
+            status, now_ms = self._store.refresh(session, self.ttl_ms, *args)
+>>>>>>> device
         except StoreUnavailable:
             if not self._fail_open:
                 raise
             confirmed_s = int(claims.get("cex") or claims["exp"])  # a normal token's exp is store-confirmed
-            return self._degraded(session, "updated", limit, confirmed_s)
+            return self._degraded(session, "updated", limit_claims, confirmed_s)
         if status == "resumed":
             log.info("resumed session %s of user %s", sid, session.user)
             self._count("resumed", 1)
-        return self._grant(session, "updated", now_ms, limit)
+        return self._grant(session, "updated", now_ms, limit_claims)
 
     async def stop(self, token: str, sid: str) -> None:
         """Verify the token of session `sid` and end the session at once."""
@@ -120,11 +127,11 @@ class Concurrency:
         """Return (server ms, live sessions of `user`)."""
         return await self._store.sessions(user)
 
-    def _grant(self, session: Session, status: str, now_ms: int, limit: int) -> Grant:
-        token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, {"lim": limit})
+    def _grant(self, session: Session, status: str, now_ms: int, limit_claims: Claims) -> Grant:
+        token = self._tokens.sign(session, now_ms // 1000, self._ttl_s, limit_claims)
         return Grant(session, status, token, self._ttl_s)
 
-    def _degraded(self, session: Session, status: str, limit: int, confirmed_s: int) -> Grant:
+    def _degraded(self, session: Session, status: str, limit_claims: Claims, confirmed_s: int) -> Grant:
         """Keep the player playing while the store is down: a short token signed on the app clock.
 
         `confirmed_s` is when the session's last store-confirmed lifetime ends (`cex`, carried from token to
@@ -136,9 +143,14 @@ class Concurrency:
             raise SessionGone("expired")
         log.warning("store down: session %s of user %s goes on degraded", session.sid, session.user)
         self._count("degraded", 1)
-        extra = {"lim": limit, "degraded": True, "cex": confirmed_s}
+        extra = {**limit_claims, "degraded": True, "cex": confirmed_s}
         token = self._tokens.sign(session, now_s, ttl_s, extra)
         return Grant(session, status, token, ttl_s)
+
+
+def _limit_claims(limit: int, device_limit: int) -> Claims:
+    """Return the claims that carry the user's limits to a resumption: `lim`, and `dlim` if there is one."""
+    return {"lim": limit, "dlim": device_limit} if device_limit else {"lim": limit}
 
 
 def _session(claims: Claims, sid: str) -> Session:

@@ -93,6 +93,7 @@ class Config:
     redis_timeout_s: float = _setting("CONCURRENCY_REDIS_TIMEOUT", 0.25)
     max_streams: int = _setting("CONCURRENCY_MAX_STREAMS", 3)
     stream_limit: int = _setting("CONCURRENCY_STREAM_LIMIT", 0)  # sessions of one streamId; 0: no limit
+    device_limit: int = _setting("CONCURRENCY_DEVICE_LIMIT", 0)  # distinct deviceIds per user; 0: no limit
     at_limit: str = _setting("CONCURRENCY_AT_LIMIT", "reject")  # or "evict-oldest"
     session_ttl_s: int = _setting("CONCURRENCY_SESSION_TTL", 60)
     resume: bool = _setting(
@@ -139,11 +140,15 @@ class Config:
         "CONCURRENCY_USER_ALGORITHMS", ("RS256", "ES256", "EdDSA"), _names
     )
     limit_claim: str = _setting("CONCURRENCY_LIMIT_CLAIM", "climit")
+    device_limit_claim: str = _setting("CONCURRENCY_DEVICE_LIMIT_CLAIM", "dlimit")
     behaviour_claim: str = _setting("CONCURRENCY_BEHAVIOUR_CLAIM", "cbeh")
     plan_claim: str = _setting("CONCURRENCY_PLAN_CLAIM", "plan")
     plan_limits: Mapping[str, int] = _setting(
         "CONCURRENCY_PLAN_LIMITS", _NONE, _plan_limits
     )  # basic=1,premium=4
+    plan_device_limits: Mapping[str, int] = _setting(
+        "CONCURRENCY_PLAN_DEVICE_LIMITS", _NONE, _plan_limits
+    )  # basic=1,premium=3
     plan_at_limit: Mapping[str, str] = _setting("CONCURRENCY_PLAN_AT_LIMIT", _NONE, _plan_behaviours)
 
     def __post_init__(self) -> None:
@@ -151,7 +156,7 @@ class Config:
         for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
-        for name in ("stream_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
+        for name in ("stream_limit", "device_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must not be negative")
         for name in (
@@ -179,9 +184,10 @@ class Config:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{self.env_name(name)} must be one of {', '.join(allowed)}")
-        for plan, limit in self.plan_limits.items():
-            if not (type(limit) is int and limit > 0):
-                raise ConfigError(f"{self.env_name('plan_limits')}: {plan!r} needs a positive integer")
+        for name in ("plan_limits", "plan_device_limits"):
+            for plan, limit in getattr(self, name).items():
+                if not (type(limit) is int and limit > 0):
+                    raise ConfigError(f"{self.env_name(name)}: {plan!r} needs a positive integer")
         for plan, value in self.plan_at_limit.items():
             if value not in AT_LIMIT_CHOICES:
                 raise ConfigError(f"{self.env_name('plan_at_limit')}: {plan!r} needs reject or evict-oldest")

@@ -45,7 +45,7 @@ class TokenExpired(InvalidToken):
 
 
 class LimitReached(ServiceError):
-    """A start would exceed the limit of `scope` (account or stream), held by the sessions `holders`."""
+    """A start would exceed the `scope` limit (account, stream or device) held by the sessions `holders`."""
 
     status = "403 Forbidden"
     code = "limit_reached"
@@ -56,6 +56,13 @@ class LimitReached(ServiceError):
         self.limit = limit
         self.holders = holders
         self.visible = visible  # whether the caller may see the holders' keys, or only how many there are
+
+    @property
+    def active(self) -> int:
+        """How many hold the limit: distinct devices for the device limit, else sessions."""
+        if self.scope == "device":
+            return len({holder.device for holder in self.holders})
+        return len(self.holders)
 
 
 class NotFound(ServiceError):

@@ -42,7 +42,7 @@ class Identity:
         self._user_tokens = UserTokens(config, jwk_source) if jwk_source else None
         self._callers = _Credentials(config.callers) if "trusted-caller" in self.modes else None
         self._default_limits = Limits(
-            config.max_streams, config.stream_limit, config.at_limit == "evict-oldest"
+            config.max_streams, config.stream_limit, config.at_limit == "evict-oldest", config.device_limit
         )
 
     @property
@@ -51,19 +51,20 @@ class Identity:
         return self.modes == (ANONYMOUS,)
 
     def limits(self, claims: Claims | None = None) -> Limits:
-        """Return the limits for a user: from the token's limit claim, else its plan, else the defaults."""
+        """Return the limits for a user: each from the token's claim, else its plan, else the defaults."""
         if not claims:
             return self._default_limits
         config = self._config
         plan = claims.get(config.plan_claim)
         plan = plan if isinstance(plan, str) else ""
-        limit = claims.get(config.limit_claim)
-        if not (type(limit) is int and limit > 0):
-            limit = config.plan_limits.get(plan, config.max_streams)
+        limit = _positive(claims.get(config.limit_claim)) or config.plan_limits.get(plan, config.max_streams)
+        device_limit = _positive(claims.get(config.device_limit_claim)) or config.plan_device_limits.get(
+            plan, config.device_limit
+        )
         behaviour = claims.get(config.behaviour_claim)
         if behaviour not in AT_LIMIT_CHOICES:
             behaviour = config.plan_at_limit.get(plan, config.at_limit)
-        return Limits(limit, config.stream_limit, behaviour == "evict-oldest")
+        return Limits(limit, config.stream_limit, behaviour == "evict-oldest", device_limit)
 
     def start_user(self, authorization: str | None, body_user: str | None) -> tuple[str, Limits, Caller]:
         """Return (user, limits, caller) for a start, by the credential in the Authorization header."""
@@ -134,6 +135,11 @@ class _Credentials:
         if not (sep and any(matched)):
             raise InvalidCredentials("trusted caller credential is wrong")
         return name
+
+
+def _positive(claim: object) -> int:
+    """Return a limit claim that is a positive int (not a bool, float or string), else 0."""
+    return claim if type(claim) is int and claim > 0 else 0
 
 
 def _split(authorization: str | None) -> tuple[str, str]:

@@ -128,9 +128,14 @@ def _script(name: str, body: str) -> Script:
 # KEYS[1] the user's hash; ARGV[1] device, ARGV[2] stream, ARGV[3] new sid, ARGV[4] ttl ms, ARGV[5] limit,
 # ARGV[6] per-stream limit (0: none), ARGV[7] '1' to evict the oldest at a limit, ARGV[8] tombstone ms,
 # ARGV[9] deadline (Redis ms; 0: none), ARGV[10] which session to renew: '*' the one of this device and
-# stream, a sid that one session only (its holder showed its token), '' none (always a new session).
+# stream, a sid that one session only (its holder showed its token), '' none (always a new session),
+# ARGV[11] device limit: distinct devices among the user's sessions (0: none).
+# The limits are checked in this order: the stream's, the devices', the account's. A device that already
+# plays for the user is no new device. At the device limit, evict-oldest ends every session of the least
+# recently started device (the one whose latest start is oldest), so the count of devices drops; sessions
+# it ends count for the account limit checked next.
 # Returns {'late', now} past the deadline | {'initiated', now, sid, evicted sids...} | {'updated', now, sid}
-#       | {'limit' or 'stream_limit', now, holders...} with holders flattened as
+#       | {'limit', 'stream_limit' or 'device_limit', now, holders...} with holders flattened as
 #         sid, started, expires, device, stream (times in base 36).
 ADMIT = _script(
     "admit",
@@ -140,6 +145,7 @@ if deadline > 0 and now + EPOCH_MS > deadline then return {'late', now} end
 local device, stream, sid = ARGV[1], ARGV[2], ARGV[3]
 local ttl, limit, stream_limit = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local evict, tomb, renewing = ARGV[7] == '1', tonumber(ARGV[8]), ARGV[10]
+local device_limit = tonumber(ARGV[11])
 local mine, tombs = load()
 local same_stream = {}
 for _, s in ipairs(mine) do
@@ -151,26 +157,53 @@ for _, s in ipairs(mine) do
   if s.stream == stream then same_stream[#same_stream + 1] = s end
 end
 local evicted = {}
+local function evict_session(s)
+  s.evicted = true
+  bury(s.sid, 'evicted', tomb, tombs)
+  evicted[#evicted + 1] = s.sid
+end
+local function not_evicted()
+  local left = {}
+  for _, s in ipairs(mine) do if not s.evicted then left[#left + 1] = s end end
+  return left
+end
 local function make_room(holders, max, refusal)
   local excess = #holders - max + 1
   if excess <= 0 then return nil end
   oldest_first(holders)
   if not evict then return {refusal, now, unpack(flatten(holders))} end
-  for i = 1, excess do
-    local s = holders[i]
-    s.evicted = true
-    bury(s.sid, 'evicted', tomb, tombs)
-    evicted[#evicted + 1] = s.sid
-  end
+  for i = 1, excess do evict_session(holders[i]) end
   return nil
 end
 if stream_limit > 0 then
   local refused = make_room(same_stream, stream_limit, 'stream_limit')
   if refused then return refused end
 end
-local left = {}
-for _, s in ipairs(mine) do if not s.evicted then left[#left + 1] = s end end
-local refused = make_room(left, limit, 'limit')
+if device_limit > 0 then
+  local left, devices, by_id = not_evicted(), {}, {}
+  for _, s in ipairs(left) do
+    local d = by_id[s.device]
+    if not d then
+      d = {id = s.device, latest = -1, sessions = {}}
+      by_id[s.device] = d
+      devices[#devices + 1] = d
+    end
+    d.latest = math.max(d.latest, tonumber(s.start, 36))
+    d.sessions[#d.sessions + 1] = s
+  end
+  local excess = #devices - device_limit + 1
+  if not by_id[device] and excess > 0 then
+    if not evict then return {'device_limit', now, unpack(flatten(oldest_first(left)))} end
+    table.sort(devices, function(a, b)
+      if a.latest ~= b.latest then return a.latest < b.latest end
+      return a.id < b.id
+    end)
+    for i = 1, excess do
+      for _, s in ipairs(devices[i].sessions) do evict_session(s) end
+    end
+  end
+end
+local refused = make_room(not_evicted(), limit, 'limit')
 if refused then return refused end
 add(sid, device, stream, ttl)
 return {'initiated', now, sid, unpack(evicted)}
@@ -178,9 +211,11 @@ return {'initiated', now, sid, unpack(evicted)}
 )
 
 # KEYS[1] the user's hash; ARGV[1] sid, ARGV[2] ttl ms, ARGV[3] token expiry ms (0: never resume),
-# ARGV[4] limit, ARGV[5] device, ARGV[6] stream, ARGV[7] per-stream limit (0: none).
+# ARGV[4] limit, ARGV[5] device, ARGV[6] stream, ARGV[7] per-stream limit (0: none), ARGV[8] device limit
+# (0: none).
 # Extends a live session. A session with no entry at all (lost in a failover or flush) whose token
-# is still valid is re-admitted when the user is under both limits. Never revives an ended session.
+# is still valid is re-admitted when the user is under all three limits (its device is no new device
+# while another session of the user plays on it). Never revives an ended session.
 # Returns {'updated', now} | {'resumed', now} | {'gone', now, reason}.
 REFRESH = _script(
     "refresh",
@@ -198,12 +233,17 @@ if v then
   redis.call('HDEL', key, sid)
 end
 if tonumber(ARGV[3]) - EPOCH_MS <= now then return {'gone', now, 'expired'} end
-local mine, same_stream = load(), 0
+local mine, same_stream, devices, seen = load(), 0, 0, {}
 for _, s in ipairs(mine) do
   if s.stream == ARGV[6] then same_stream = same_stream + 1 end
+  if not seen[s.device] then
+    seen[s.device] = true
+    devices = devices + 1
+  end
 end
-local stream_limit = tonumber(ARGV[7])
-if #mine >= tonumber(ARGV[4]) or (stream_limit > 0 and same_stream >= stream_limit) then
+local stream_limit, device_limit = tonumber(ARGV[7]), tonumber(ARGV[8])
+if #mine >= tonumber(ARGV[4]) or (stream_limit > 0 and same_stream >= stream_limit)
+    or (device_limit > 0 and not seen[ARGV[5]] and devices >= device_limit) then
   return {'gone', now, 'limit'}
 end
 add(sid, ARGV[5], ARGV[6], ttl)

@@ -21,6 +21,7 @@ _UNSAFE_IN_HEADER = re.compile(r'[^\x20-\x7e]|["\\]')
 _LIMIT_MESSAGES = {
     "account": "user already plays {limit} of {limit} allowed streams",
     "stream": "this stream already plays on {limit} devices",
+    "device": "user already plays on {limit} of {limit} allowed devices",
 }
 
 
@@ -73,7 +74,7 @@ def error_body(exc: ServiceError) -> dict[str, Any]:
             "message": _LIMIT_MESSAGES[exc.scope].format(limit=exc.limit),
             "limit": exc.limit,
             "scope": exc.scope,
-            "active": len(exc.holders),
+            "active": exc.active,
         }
         if exc.visible:
             body["sessions"] = [_holder(s) for s in exc.holders]

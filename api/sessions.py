@@ -23,11 +23,13 @@ class Session:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What a user may play: at most `limit` sessions, `stream_limit` of one stream (0: no such limit)."""
+    """What a user may play: at most `limit` sessions, `stream_limit` of one stream, on `device_limit`
+    distinct devices (0: no such limit)."""
 
     limit: int
     stream_limit: int = 0
     evict_oldest: bool = False
+    device_limit: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

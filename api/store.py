@@ -20,7 +20,7 @@ from .sessions import Admission, Limits, Session, new_session_id
 log = logging.getLogger(__name__)
 
 RENEW_SAME, RENEW_NONE = "*", ""
-_REFUSALS = {"limit": "account", "stream_limit": "stream"}
+_REFUSALS = {"limit": "account", "stream_limit": "stream", "device_limit": "device"}
 KEY_PREFIX = "c:"  # short: a key of at most 14 bytes takes 8 bytes less of Redis's memory
 
 
@@ -94,7 +94,7 @@ class RedisStore:
         showed that session's token) or RENEW_NONE (anyone could be asking: always a new session)."""
         evict = "1" if limits.evict_oldest else "0"
         args: tuple[object, ...] = (escape(device), escape(stream), self._new_sid(), ttl_ms, limits.limit)
-        args += (limits.stream_limit, evict, tombstone_ms, self._deadline_ms(), renew)
+        args += (limits.stream_limit, evict, tombstone_ms, self._deadline_ms(), renew, limits.device_limit)
         reply = await self._call(lua.ADMIT, user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)
@@ -102,19 +102,25 @@ class RedisStore:
             raise StoreUnavailable("session store answered too late; retry shortly")
         if status in _REFUSALS:
             scope = _REFUSALS[status]
-            limit = limits.limit if scope == "account" else limits.stream_limit
+            limit = getattr(limits, status)  # each refusal is named after the field of Limits it hit
             raise LimitReached(scope, limit, _sessions(user, reply[2:]))
         session = Session(user, reply[2].decode(), device, stream)
         return Admission(session, status, now_ms, tuple(sid.decode() for sid in reply[3:]))
 
     async def refresh(
-        self, session: Session, ttl_ms: int, token_exp_ms: int = 0, limit: int = 0, stream_limit: int = 0
+        self,
+        session: Session,
+        ttl_ms: int,
+        token_exp_ms: int = 0,
+        limit: int = 0,
+        stream_limit: int = 0,
+        device_limit: int = 0,
     ) -> tuple[str, int]:
         """Extend a live session, or resume a lost one; raise SessionGone(reason) if it ended.
 
         Return (status, server ms) with status "updated" or "resumed"."""
         args: tuple[object, ...] = (session.sid, ttl_ms, token_exp_ms, limit, escape(session.device))
-        args += (escape(session.stream), stream_limit)
+        args += (escape(session.stream), stream_limit, device_limit)
         reply = await self._call(lua.REFRESH, session.user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms)

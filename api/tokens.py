@@ -83,7 +83,7 @@ class SessionTokens:
     def sign(self, session: Session, now_s: int, ttl_s: int, extra: Claims | None = None) -> str:
         """Return a token for `session` (user, sid, device, stream), valid `ttl_s` from `now_s`.
 
-        `extra` claims (the session's limit `lim`, `degraded`) are added after the standard ones."""
+        `extra` claims (the user's limits `lim` and `dlim`, `degraded`) are added after the standard ones."""
         key = self._keyring.current.signing_at(now_s)
         if key is None:
             raise NoSigningKey("no key is active")

@@ -61,8 +61,9 @@ class Recording:
         self.calls.append(("admit", tombstone_ms))
         return Admission(Session(user, "sid-1", device, stream), "initiated", self._now_ms())
 
-    async def refresh(self, session, ttl_ms, token_exp_ms=0, limit=0, stream_limit=0):
+    async def refresh(self, session, ttl_ms, token_exp_ms=0, limit=0, stream_limit=0, device_limit=0):
         self.calls.append(("refresh", token_exp_ms))
+        self.limits = (limit, stream_limit, device_limit)
         return "updated", self._now_ms()
 
     async def release(self, session, tombstone_ms):
@@ -196,6 +197,25 @@ def test_a_lost_session_resumes_while_its_token_is_valid(any_redis, service, cou
     assert [s.sid for s in service.sessions("ann")[1]] == [grant.session.sid]
 
 
+def test_the_token_carries_the_device_limit_from_start_to_heartbeat(service, keyring, config):
+    grant = service.start("ann", "tv", "film", Limits(2, device_limit=3))
+    assert claims_of(grant, keyring, config)["dlim"] == 3
+    beat = service.heartbeat(grant.token, grant.session.sid)
+    assert (claims_of(beat, keyring, config)["lim"], claims_of(beat, keyring, config)["dlim"]) == (2, 3)
+    assert "dlim" not in claims_of(service.start("bob", "tv", "film", Limits(2)), keyring, config)
+
+
+def test_a_lost_session_resumes_only_within_the_device_limit_of_its_token(any_redis, service):
+    limits = Limits(3, device_limit=1)
+    lost = service.start("ann", "tv", "film", limits)
+    any_redis.flushall()
+    service.start("ann", "phone", "film", limits)  # the only device the user may play on now
+    with pytest.raises(SessionGone) as gone:
+        service.heartbeat(lost.token, lost.session.sid)
+    assert gone.value.reason == "limit"
+    assert [s.device for s in service.sessions("ann")[1]] == ["phone"]
+
+
 def test_a_lost_session_is_gone_without_resume(store, any_redis, tokens, config, counts):
     service = Blocking(
         Concurrency(store.target, tokens, dataclasses.replace(config, resume=False), count=counts)
@@ -224,6 +244,10 @@ def test_fail_open_hands_out_a_degraded_grant(tokens, config, counts, clock, key
     assert (beat.status, beat.ttl_s, beat.session) == ("updated", 45, grant.session)
     assert tokens.verify(beat.token)["degraded"] is True
     assert counts.total("degraded") == 2
+
+    limited = service.start("ann", "phone", "film", Limits(2, device_limit=1))
+    assert tokens.verify(limited.token)["dlim"] == 1  # resumption applies it once Redis is back
+    assert tokens.verify(service.heartbeat(limited.token, limited.session.sid).token)["dlim"] == 1
 
 
 def test_fail_closed_reraises(tokens, config, counts, clock):
@@ -263,3 +287,11 @@ def test_heartbeat_passes_the_token_expiry_only_with_resume(tokens, config, cloc
     exp = tokens.verify(grant.token)["exp"]
     service.heartbeat(grant.token, grant.session.sid)
     assert store.calls[-1] == ("refresh", exp * 1000 if resume else 0)
+
+
+def test_heartbeat_passes_the_limits_of_its_token_to_the_store(tokens, config, clock):
+    store = Recording(clock)
+    service = Concurrency(store, tokens, dataclasses.replace(config, stream_limit=2), clock=clock)
+    grant = service.start("ann", "tv", "film", Limits(4, device_limit=3))
+    service.heartbeat(grant.token, grant.session.sid)
+    assert store.limits == (4, 2, 3)

@@ -210,6 +210,27 @@ def test_plan_maps_are_typed_dicts():
     assert Config().plan_limits == {} and Config().plan_at_limit == {}
 
 
+def test_device_limit_settings():
+    config = Config.from_env(
+        {
+            "CONCURRENCY_DEVICE_LIMIT": "2",
+            "CONCURRENCY_DEVICE_LIMIT_CLAIM": "devices",
+            "CONCURRENCY_PLAN_DEVICE_LIMITS": "basic=1, premium = 3",
+        }
+    )
+    assert (config.device_limit, config.device_limit_claim) == (2, "devices")
+    assert config.plan_device_limits == {"basic": 1, "premium": 3}
+    assert all(type(limit) is int for limit in config.plan_device_limits.values())
+    with pytest.raises(TypeError):
+        config.plan_device_limits["basic"] = 9
+    defaults = Config()
+    assert (defaults.device_limit, defaults.device_limit_claim, defaults.plan_device_limits) == (
+        0,
+        "dlimit",
+        {},
+    )
+
+
 def test_plan_maps_cannot_be_changed_in_place():
     config = Config.from_env({"CONCURRENCY_PLAN_LIMITS": "basic=1"})
     with pytest.raises(TypeError):
@@ -232,6 +253,12 @@ def test_plan_maps_cannot_be_changed_in_place():
         ({"CONCURRENCY_PLAN_LIMITS": "basic=-1"}, "CONCURRENCY_PLAN_LIMITS: 'basic' needs a positive"),
         ({"CONCURRENCY_PLAN_LIMITS": "basic=1.5"}, "CONCURRENCY_PLAN_LIMITS: 'basic' needs a positive"),
         ({"CONCURRENCY_PLAN_AT_LIMIT": "basic"}, "CONCURRENCY_PLAN_AT_LIMIT must look like"),
+        ({"CONCURRENCY_DEVICE_LIMIT": "two"}, "CONCURRENCY_DEVICE_LIMIT='two' is not a valid int"),
+        ({"CONCURRENCY_PLAN_DEVICE_LIMITS": "tv"}, "CONCURRENCY_PLAN_DEVICE_LIMITS must look like"),
+        (
+            {"CONCURRENCY_PLAN_DEVICE_LIMITS": "basic=0"},
+            "CONCURRENCY_PLAN_DEVICE_LIMITS: 'basic' needs a pos",
+        ),
         ({"CONCURRENCY_PLAN_AT_LIMIT": "basic=shrug"}, "CONCURRENCY_PLAN_AT_LIMIT: 'basic' needs reject"),
     ],
 )
@@ -266,6 +293,7 @@ def test_overrides_win_over_the_environment():
         ({"max_body_bytes": 0}, "CONCURRENCY_MAX_BODY_BYTES must be at least 1"),
         ({"max_id_chars": 0}, "CONCURRENCY_MAX_ID_CHARS must be at least 1"),
         ({"stream_limit": -1}, "CONCURRENCY_STREAM_LIMIT must not be negative"),
+        ({"device_limit": -1}, "CONCURRENCY_DEVICE_LIMIT must not be negative"),
         ({"token_leeway_s": -1}, "CONCURRENCY_TOKEN_LEEWAY must not be negative"),
         ({"token_cache_size": -1}, "CONCURRENCY_TOKEN_CACHE_SIZE must not be negative"),
         ({"retry_after_s": -1}, "CONCURRENCY_RETRY_AFTER must not be negative"),
@@ -283,6 +311,11 @@ def test_overrides_win_over_the_environment():
         ({"plan_limits": {"basic": True}}, "CONCURRENCY_PLAN_LIMITS: 'basic' needs a positive integer"),
         ({"plan_limits": {"basic": "1"}}, "CONCURRENCY_PLAN_LIMITS: 'basic' needs a positive integer"),
         ({"plan_at_limit": {"basic": "evict"}}, "CONCURRENCY_PLAN_AT_LIMIT: 'basic' needs reject"),
+        ({"plan_device_limits": {"tv": 0}}, "CONCURRENCY_PLAN_DEVICE_LIMITS: 'tv' needs a positive integer"),
+        (
+            {"plan_device_limits": {"tv": "1"}},
+            "CONCURRENCY_PLAN_DEVICE_LIMITS: 'tv' needs a positive integer",
+        ),
         ({"user_jwks": "jwks.json"}, "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required"),
         (
             {"user_jwks": "jwks.json", "user_issuer": "https://idp.example"},

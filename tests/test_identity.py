@@ -142,6 +142,50 @@ def test_bad_behaviour_claims_are_ignored(cbeh):
     assert identity.limits({"cbeh": cbeh}) == Limits(3, 0, False)
 
 
+DEVICE_PLANS = {"plan_device_limits": {"basic": 1, "family": 4}, "device_limit": 2, **PLANS}
+
+
+def test_device_limit_defaults_to_the_config():
+    assert Identity(Config()).limits().device_limit == 0  # no device limit unless configured
+    identity = Identity(Config(max_streams=3, device_limit=2))
+    assert identity.limits() == identity.limits({"sub": "ann"}) == Limits(3, device_limit=2)
+
+
+@pytest.mark.parametrize(
+    ("claims", "device_limit"),
+    [
+        ({}, 2),
+        ({"plan": "basic"}, 1),
+        ({"plan": "family"}, 4),
+        ({"plan": "premium"}, 2),  # a plan without a device limit of its own
+        ({"dlimit": 3}, 3),
+        ({"dlimit": 3, "plan": "basic"}, 3),  # the claim wins over the plan
+        ({"climit": 9, "plan": "basic"}, 1),  # the stream limit claim is not the device limit
+    ],
+)
+def test_device_limit_from_the_claim_else_the_plan_else_the_config(claims, device_limit):
+    assert Identity(Config(max_streams=3, **DEVICE_PLANS)).limits(claims).device_limit == device_limit
+
+
+@pytest.mark.parametrize("dlimit", [0, -1, True, 2.0, "5", None, [5], {"n": 5}])
+def test_device_limit_claim_counts_only_as_a_positive_int(dlimit):
+    identity = Identity(Config(max_streams=3, **DEVICE_PLANS))
+    assert identity.limits({"dlimit": dlimit}) == Limits(3, device_limit=2)
+    assert identity.limits({"dlimit": dlimit, "plan": "basic"}) == Limits(1, device_limit=1)
+
+
+def test_device_limit_claim_name_comes_from_the_config():
+    identity = Identity(Config(device_limit_claim="devices"))
+    assert identity.limits({"devices": 2}).device_limit == 2
+    assert identity.limits({"dlimit": 2}).device_limit == 0
+
+
+def test_a_user_token_brings_its_device_limit_to_a_start(user_config, ec_key):
+    identity = Identity(dataclasses.replace(user_config, **DEVICE_PLANS), Jwks(ec_key))
+    assert identity.start_user(bearer(ec_key.token(dlimit=5)), None)[1] == Limits(3, device_limit=5)
+    assert identity.start_user(bearer(ec_key.token(plan="family")), None)[1] == Limits(3, device_limit=4)
+
+
 def test_stream_limit_always_comes_from_the_config():
     identity = Identity(Config(stream_limit=2, **PLANS))
     assert identity.limits({"plan": "premium", "climit": 9}).stream_limit == 2

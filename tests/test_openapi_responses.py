@@ -24,6 +24,7 @@ from contract import (
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from api import lua
+from api.store import _REFUSALS
 from keys.keyring import Keyring
 from keys.store import KeyStore
 
@@ -377,6 +378,14 @@ def start_with_a_user_token_takes_its_limit(api):
 
 
 @provokes("post", "/v1/sessions", 201)
+def start_with_a_device_limit_puts_it_in_the_token(api):
+    client = api.with_user_tokens(device_limit=2)
+    answer = v1_start(api, client, api.bearer(api.user_token(dlimit=3)))
+    assert (check_session_token(answer.json)["dlim"], check_session_token(answer.json)["lim"]) == (3, 3)
+    return answer
+
+
+@provokes("post", "/v1/sessions", 201)
 def start_at_the_limit_evicts_the_oldest(api):
     client = api.with_config(at_limit="evict-oldest")
     tokens = {}
@@ -452,6 +461,35 @@ def start_beyond_the_per_stream_limit(api):
     assert (answer.json["limit"], answer.json["scope"]) == (1, "stream")
     assert answer.json["active"] == 1 and sid not in answer.text
     return answer
+
+
+@provokes("post", "/v1/sessions", 403)
+def start_beyond_the_device_limit(api):
+    client = api.with_config(device_limit=1)
+    on_tv = [api.start(client, deviceId="tv", streamId=stream)[0] for stream in ("film", "news")]
+    answer = v1_start(api, client, deviceId="phone")
+    assert (answer.json["limit"], answer.json["scope"], answer.json["active"]) == (1, "device", 1)
+    assert not any(sid in answer.text for sid in on_tv)  # an anonymous caller learns no keys
+    return answer
+
+
+@provokes("post", "/v1/sessions", 403)
+def start_beyond_the_device_limit_of_the_user_token(api):
+    client = api.with_user_tokens()
+    headers = api.bearer(api.user_token(dlimit=1))
+    on_tv = [v1_start(api, client, headers, deviceId="tv", streamId=s).json["sessionId"] for s in ("a", "b")]
+    answer = v1_start(api, client, headers, deviceId="phone")
+    assert (answer.json["limit"], answer.json["scope"], answer.json["active"]) == (1, "device", 1)
+    assert sorted(s["sessionKey"] for s in answer.json["sessions"]) == sorted(on_tv)
+    return answer
+
+
+# Each scope of a 403 limit_reached, with a registered scenario that asserts it.
+SCOPE_SCENARIOS = {
+    "account": start_beyond_the_limit,
+    "stream": start_beyond_the_per_stream_limit,
+    "device": start_beyond_the_device_limit,
+}
 
 
 @provokes("post", "/v1/sessions", 403)
@@ -583,6 +621,17 @@ def heartbeat_of_a_lost_session_at_the_limit(api):
     api.lose(sid)
     fill_to_limit(api, v1_start)
     return heartbeat_gone(api, sid, token, "limit")
+
+
+@provokes("put", "/v1/sessions/{sessionId}", 410)
+def heartbeat_of_a_lost_session_beyond_the_device_limit(api):
+    client = api.with_config(device_limit=1)
+    sid, token = api.start(client, deviceId="tv")
+    api.lose(sid)
+    api.start(client, deviceId="phone")
+    answer = client.simulate_put(f"/v1/sessions/{sid}", headers=api.bearer(token))
+    assert (answer.status_code, answer.json.get("reason")) == (410, "limit"), answer.text
+    return answer
 
 
 # Each reason of a 410, with a registered scenario that asserts it.
@@ -950,6 +999,14 @@ def test_every_gone_reason_is_documented_and_provoked():
     assert set(GONE_SCENARIOS) == set(documented)
     registered = {p.values[3] for p in CASES if p.values[2] == 410}
     assert set(GONE_SCENARIOS.values()) <= registered
+
+
+def test_every_limit_scope_is_documented_and_provoked():
+    """The scopes the store can refuse with are the documented ones, and a scenario shows each."""
+    documented = DOC["components"]["schemas"]["LimitReachedError"]["properties"]["scope"]["enum"]
+    assert set(_REFUSALS.values()) == set(documented) == set(SCOPE_SCENARIOS)
+    registered = {p.values[3] for p in CASES if p.values[2] == 403}
+    assert set(SCOPE_SCENARIOS.values()) <= registered
 
 
 def test_degraded_expires_in_is_the_lifetime_of_its_token(api):

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.http, pytest.mark.redis]
 
 DEFAULTS = Config()
 DEFAULT_LIMIT = 2  # the servers here run with CONCURRENCY_MAX_STREAMS=2, apart from every plan's limit
-PLAN_LIMITS = "basic=1,premium=4"
+PLAN_LIMITS = "basic=1,premium=4,family=5"
+PLAN_DEVICE_LIMITS = "family=2"
 PLAN_AT_LIMIT = "premium=evict-oldest"
 JWKS_PATH = "/.well-known/jwks.json"
 
@@ -61,6 +62,7 @@ def user_server(request, redis_server, keys_dir, idp, tmp_path_factory):
         user_audience=idp.audience,
         max_streams=DEFAULT_LIMIT,
         plan_limits=PLAN_LIMITS,
+        plan_device_limits=PLAN_DEVICE_LIMITS,
         plan_at_limit=PLAN_AT_LIMIT,
     )
     process.mode = request.param
@@ -231,6 +233,64 @@ def test_the_limit_and_behaviour_follow_the_verified_token(
         assert {s["sessionKey"] for s in body["sessions"]} == {sid for sid, _ in sessions}
         assert set(live_sessions(real_redis, user)) == {sid for sid, _ in sessions}
     assert session_claims(user_server, sessions[-1][1])["lim"] == limit
+
+
+DEVICE_CASES = [
+    # claims, device limit, whether the least recently started device is evicted at the limit
+    ({"plan": "family"}, 2, False),
+    ({"dlimit": 3, "climit": 6}, 3, False),
+    ({"dlimit": 3, "plan": "family"}, 3, False),  # the device limit claim wins over the plan's
+    ({"plan": "family", "cbeh": "evict-oldest"}, 2, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("claims", "device_limit", "evicts"), DEVICE_CASES, ids=[str(c[0]) for c in DEVICE_CASES]
+)
+def test_the_device_limit_follows_the_verified_token(
+    user_server, idp, real_redis, claims, device_limit, evicts
+):
+    user = new_user()
+    token = idp.token(user, **claims)
+    plays = [("device-0", "stream-a"), ("device-0", "stream-b")]  # one device, two streams: counted once
+    plays += [(f"device-{i}", "stream-a") for i in range(1, device_limit)]
+    sessions = {}
+    for device, stream in plays:
+        sessions[device, stream] = admitted(start(user_server, token, device, stream))
+        time.sleep(0.003)  # distinct start times: the least recently started device is well defined
+    all_sids = {sid for sid, _ in sessions.values()}
+
+    new_device = start(user_server, token, "new-device", "stream-a")
+    if evicts:
+        assert new_device.status == 201, new_device.body
+        for (device, _stream), session in sessions.items():
+            if device == "device-0":  # every session of the least recently started device
+                assert_gone(heartbeat(user_server, *session), "evicted")
+            else:
+                assert heartbeat(user_server, *session).status == 200
+        expected = {sid for (device, _), (sid, _) in sessions.items() if device != "device-0"}
+        assert set(live_sessions(real_redis, user)) == expected | {new_device.json()["sessionId"]}
+    else:
+        body = assert_error(new_device, 403, "limit_reached")
+        assert (body["scope"], body["limit"], body["active"]) == ("device", device_limit, device_limit)
+        assert {s["sessionKey"] for s in body["sessions"]} == all_sids
+        assert set(live_sessions(real_redis, user)) == all_sids
+        admitted(start(user_server, token, "device-1", "stream-c"))  # a device that plays is no new device
+    assert session_claims(user_server, sessions["device-0", "stream-b"][1])["dlim"] == device_limit
+
+
+def test_resumption_keeps_the_device_limit(user_server, idp, real_redis):
+    """A session lost from Redis does not come back on a device beyond the device limit of its token."""
+    user = new_user()
+    token = idp.token(user, plan="family")  # 5 sessions, on 2 devices
+    lost = admitted(start(user_server, token, "tv"))
+    real_redis.flushall()
+    replacements = [admitted(start(user_server, token, device)) for device in ("phone", "laptop")]
+
+    assert_gone(heartbeat(user_server, *lost), "limit")
+    for replacement in replacements:
+        assert heartbeat(user_server, *replacement).status == 200
+    assert set(live_sessions(real_redis, user)) == {sid for sid, _ in replacements}
 
 
 @pytest.mark.parametrize("field", ["climit", "limit", "plan", "maxStreams"])

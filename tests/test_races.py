@@ -10,14 +10,43 @@ import uuid
 import pytest
 from layout import live_sessions, stored_sessions, user_key
 from players import CALLER
-from processes import request
+from processes import TEST_TTL_S, ServerProcess, request
 
+from api import lua
 from api.config import Config
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
 MAX_STREAMS = Config().max_streams
 JSON = {"Content-Type": "application/json"}
+
+
+DEVICE_LIMIT = 2
+
+
+@pytest.fixture(scope="module")
+def device_server(redis_server, keys_dir):
+    """The real service with a device limit of 2 and room for 10 sessions per user."""
+    process = ServerProcess(
+        redis_server.url, keys_dir, device_limit=DEVICE_LIMIT, max_streams=10, session_ttl_s=TEST_TTL_S
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def device_evicting_server(redis_server, keys_dir):
+    """The same, evicting the least recently started device at the limit."""
+    process = ServerProcess(
+        redis_server.url,
+        keys_dir,
+        device_limit=DEVICE_LIMIT,
+        max_streams=10,
+        at_limit="evict-oldest",
+        session_ttl_s=TEST_TTL_S,
+    )
+    yield process
+    process.stop()
 
 
 class Answer:
@@ -102,6 +131,62 @@ def test_concurrent_starts_for_one_user_admit_exactly_the_limit(server, real_red
         for sid, (token, _device) in admitted.items():
             stop_session(server.port, sid, token)
         assert live_sessions(real_redis, user) == {}
+
+
+def test_concurrent_starts_on_many_devices_admit_sessions_on_exactly_the_device_limit(
+    device_server, real_redis
+):
+    user = f"devices-{uuid.uuid4().hex[:8]}"
+    for round_number in range(3):
+        calls = [(f"r{round_number}-device-{i % 20}", f"stream-{i // 20}") for i in range(40)]
+        answers = all_at_once(device_server.port, [start_call(user, *call) for call in calls])
+
+        assert {a.status for a in answers} <= {200, 403}, [a.body for a in answers]
+        admitted = {
+            a.body["sessionKey"]: (a.body["token"], device)
+            for a, (device, _stream) in zip(answers, calls, strict=True)
+            if a.status == 200
+        }
+        assert len({device for _token, device in admitted.values()}) == DEVICE_LIMIT, round_number
+        for answer in answers:
+            if answer.status == 403:
+                body = answer.body
+                assert (body["error"], body["scope"], body["limit"]) == (
+                    "limit_reached",
+                    "device",
+                    DEVICE_LIMIT,
+                )
+                assert body["active"] == DEVICE_LIMIT and "sessions" not in body
+        stored = live_sessions(real_redis, user)
+        assert {sid: device for sid, (_u, device, _s) in stored.items()} == {
+            sid: device for sid, (_token, device) in admitted.items()
+        }
+
+        for sid, (token, _device) in admitted.items():
+            stop_session(device_server.port, sid, token)
+        assert live_sessions(real_redis, user) == {}
+
+
+def test_concurrent_starts_with_eviction_leave_sessions_on_at_most_the_device_limit(
+    device_evicting_server, real_redis
+):
+    user = f"evicting-{uuid.uuid4().hex[:8]}"
+    # At most MAX_TOMBSTONES evictions, so that every evicted session still has its tombstone to tell.
+    calls = [(f"device-{i % 8}", f"stream-{i // 8}") for i in range(lua.MAX_TOMBSTONES)]
+    answers = all_at_once(device_evicting_server.port, [start_call(user, *call) for call in calls])
+
+    assert [a.status for a in answers] == [200] * len(calls), [a.body for a in answers if a.status != 200]
+    stored = live_sessions(real_redis, user)
+    assert 1 <= len({device for _u, device, _s in stored.values()}) <= DEVICE_LIMIT
+    for answer in answers:
+        sid, token = answer.body["sessionKey"], answer.body["token"]
+        beat = request(
+            device_evicting_server.port, "PUT", "/concurrency", {"sessionKey": sid, "token": token}
+        )
+        if sid in stored:
+            assert beat.status == 200, beat.body
+        else:
+            assert (beat.status, beat.json()["reason"]) == (410, "evicted")
 
 
 @pytest.mark.backends

@@ -1,6 +1,8 @@
 """The Redis store and its Lua scripts, on fakeredis and on a real redis-server."""
 
+import concurrent.futures
 import re
+import threading
 import time
 
 import pytest
@@ -312,3 +314,101 @@ def test_lost_session_does_not_resume_over_the_stream_limit(store, any_redis):
         store.refresh(session, TTL_MS, far_future_ms(any_redis), 5, stream_limit=1)
     assert gone.value.details["reason"] == "limit"
     assert store.refresh(session, TTL_MS, far_future_ms(any_redis), 5)[0] == "resumed"  # no stream limit
+
+
+# The device limit: distinct devices among a user's live sessions.
+
+
+@pytest.mark.backends
+def test_device_limit_refuses_a_new_device_and_counts_a_device_once(store, any_redis):
+    policy = Limits(5, device_limit=2)
+    plays = [("tv", "film"), ("phone", "film"), ("tv", "news")]  # a second stream on the tv: no new device
+    made = {
+        store.admit("ann", device, stream, policy, TTL_MS, TOMB_MS).session.sid for device, stream in plays
+    }
+    with pytest.raises(LimitReached) as refused:
+        store.admit("ann", "laptop", "film", policy, TTL_MS, TOMB_MS)
+    assert (refused.value.scope, refused.value.limit, refused.value.active) == ("device", 2, 2)
+    assert {h.sid for h in refused.value.holders} == made  # every session of the devices holding it
+    assert set(sessions_of(any_redis, "ann")) == made
+    assert store.admit("ann", "phone", "news", policy, TTL_MS, TOMB_MS).status == "initiated"
+
+
+@pytest.mark.backends
+def test_limits_are_checked_stream_then_device_then_account(store):
+    policy = Limits(2, stream_limit=1, device_limit=1)
+    store.admit("ann", "tv", "film", policy, TTL_MS, TOMB_MS)
+    scopes = []
+    for device, stream in (("phone", "film"), ("phone", "news"), ("tv", "news"), ("tv", "sport")):
+        try:
+            store.admit("ann", device, stream, policy, TTL_MS, TOMB_MS)
+            scopes.append("admitted")
+        except LimitReached as refused:
+            scopes.append(refused.scope)
+    assert scopes == ["stream", "device", "admitted", "account"]
+
+
+@pytest.mark.backends
+def test_device_limit_evicts_every_session_of_the_least_recently_started_device(store, any_redis):
+    policy = Limits(5, device_limit=2, evict_oldest=True)
+    started = {}
+    for device, stream in (("tv", "a"), ("phone", "a"), ("phone", "b"), ("tv", "b")):
+        started[device, stream] = store.admit("ann", device, stream, policy, TTL_MS, TOMB_MS).session
+        time.sleep(0.005)  # distinct start times
+    # The tv holds the oldest session, but the phone's latest start is older than the tv's.
+    laptop = store.admit("ann", "laptop", "a", policy, TTL_MS, TOMB_MS)
+    assert sorted(laptop.evicted) == sorted(started["phone", s].sid for s in ("a", "b"))
+    assert gone_reason(store, started["phone", "a"]) == gone_reason(store, started["phone", "b"]) == "evicted"
+    tv = {started["tv", s].sid for s in ("a", "b")}
+    assert set(sessions_of(any_redis, "ann")) == tv | {laptop.session.sid}
+
+
+@pytest.mark.backends
+def test_device_eviction_comes_before_the_account_limit(store, any_redis):
+    """Sessions a device eviction ends free account slots: no session beyond that device is evicted."""
+    policy = Limits(3, device_limit=2, evict_oldest=True)
+    oldest = store.admit("ann", "tv", "a", policy, TTL_MS, TOMB_MS).session
+    time.sleep(0.005)
+    phone = store.admit("ann", "phone", "a", policy, TTL_MS, TOMB_MS).session
+    time.sleep(0.005)
+    newer = store.admit("ann", "tv", "b", policy, TTL_MS, TOMB_MS).session
+    laptop = store.admit("ann", "laptop", "a", policy, TTL_MS, TOMB_MS)
+    assert laptop.evicted == (phone.sid,)
+    assert set(sessions_of(any_redis, "ann")) == {oldest.sid, newer.sid, laptop.session.sid}
+
+
+def test_concurrent_starts_admit_sessions_on_exactly_the_device_limit(real_store, real_redis):
+    policy = Limits(10, device_limit=2)
+    calls = [(f"device-{i % 10}", f"stream-{i}") for i in range(30)]
+    barrier = threading.Barrier(len(calls))
+
+    def start(call):
+        barrier.wait(timeout=10)
+        try:
+            return real_store.admit("ann", *call, policy, TTL_MS, TOMB_MS).session.device
+        except LimitReached as refused:
+            assert (refused.scope, refused.active) == ("device", 2)
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        devices = list(pool.map(start, calls))
+    admitted = {device for device in devices if device}
+    assert len(admitted) == 2
+    assert {device for device, _ in sessions_of(real_redis, "ann").values()} == admitted
+    assert len(sessions_of(real_redis, "ann")) == len(devices) - devices.count(None)
+
+
+@pytest.mark.backends
+def test_lost_session_resumes_only_within_the_device_limit(store, any_redis):
+    policy = Limits(5, device_limit=1)
+    on_tv = store.admit("ann", "tv", "film", policy, TTL_MS, TOMB_MS).session
+    on_phone = store.admit("ann", "phone", "news", Limits(5), TTL_MS, TOMB_MS).session
+    any_redis.flushall()
+    store.admit("ann", "phone", "film", policy, TTL_MS, TOMB_MS)  # another device took the only one
+    with pytest.raises(SessionGone) as gone:
+        store.refresh(on_tv, TTL_MS, far_future_ms(any_redis), 5, device_limit=1)
+    assert gone.value.details["reason"] == "limit"
+    assert {device for device, _ in sessions_of(any_redis, "ann").values()} == {"phone"}
+    # A device that still plays is no new device; without a device limit the tv comes back too.
+    assert store.refresh(on_phone, TTL_MS, far_future_ms(any_redis), 5, device_limit=1)[0] == "resumed"
+    assert store.refresh(on_tv, TTL_MS, far_future_ms(any_redis), 5)[0] == "resumed"
