@@ -96,13 +96,8 @@ class Concurrency:
         limit_claims = _limit_claims(limit, device_limit)
         token_exp_ms = claims["exp"] * 1000 if self._resume else 0
         try:
-<<<<<<< HEAD
-            args = (token_exp_ms, limit, self._stream_limit)
-            status, now_ms = await self._store.refresh(session, self.ttl_ms, *args)
-=======
             args = (token_exp_ms, limit, self._stream_limit, device_limit)
-            status, now_ms = self._store.refresh(session, self.ttl_ms, *args)
->>>>>>> device
+            status, now_ms = await self._store.refresh(session, self.ttl_ms, *args)
         except StoreUnavailable:
             if not self._fail_open:
                 raise

@@ -56,7 +56,8 @@ def _churn(port, users, stopping, counts, pace_s=0.0):
 
 def _bystander(port, stopping, latencies, errors):
     """Start sessions for fresh users and heartbeat them, timing every call."""
-    client, live = _Client(port), []
+    client = _Client(port)
+    live: list[tuple[str, str]] = []
     while not stopping.is_set():
         began = time.perf_counter()
         if len(live) < 20:
@@ -83,7 +84,10 @@ def _redis_cpu_s(client):
 
 
 def _run(port, redis_client, duration_s, churn_users, pace_s=0.0):
-    stopping, counts, latencies, errors = threading.Event(), [], [], []
+    stopping = threading.Event()
+    counts: list[int] = []
+    latencies: list[float] = []
+    errors: list[int] = []
     threads = [
         threading.Thread(target=_churn, args=(port, users, stopping, counts, pace_s), daemon=True)
         for users in churn_users
