@@ -291,7 +291,7 @@ def test_heartbeat_passes_the_token_expiry_only_with_resume(tokens, config, cloc
 
 def test_heartbeat_passes_the_limits_of_its_token_to_the_store(tokens, config, clock):
     store = Recording(clock)
-    service = Concurrency(store, tokens, dataclasses.replace(config, stream_limit=2), clock=clock)
+    service = Blocking(Concurrency(store, tokens, dataclasses.replace(config, stream_limit=2), clock=clock))
     grant = service.start("ann", "tv", "film", Limits(4, device_limit=3))
     service.heartbeat(grant.token, grant.session.sid)
     assert store.limits == (4, 2, 3)
