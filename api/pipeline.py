@@ -130,7 +130,10 @@ class Pipeline:
 
 
 class FastScript:
-    """A Lua script called as `script(keys=[...], args=[...])`, like redis-py's `Script`."""
+    """A Lua script called as `script(keys=[...], args=[...])`, like redis-py's `Script`.
+
+    EVALSHA; where Redis lacks the script (a new or restarted server, SCRIPT FLUSH), EVAL, which loads it
+    too: the same two commands as in cluster mode (api/cluster.py), and the least the Redis user needs."""
 
     def __init__(self, pipeline: Pipeline, source: str) -> None:
         self._pipeline = pipeline
@@ -140,6 +143,5 @@ class FastScript:
     def __call__(self, keys: Sequence[str], args: Sequence[object]) -> Any:
         try:
             return self._pipeline.execute("EVALSHA", self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self._pipeline.client.script_load(self._source)
-            return self._pipeline.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # EVAL runs it and keeps it for the next EVALSHA: no SCRIPT LOAD to allow
+            return self._pipeline.execute("EVAL", self._source, len(keys), *keys, *args)
