@@ -7,6 +7,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from .cluster import LazyCluster
@@ -36,9 +37,11 @@ def redis_target(config: Config) -> tuple[list[str], dict[str, Any]]:
     options: dict[str, Any] = {
         "socket_timeout": config.redis_timeout_s,
         "socket_connect_timeout": config.redis_timeout_s,
-        # No CLIENT SETINFO on connect: two round trips per connection, and a command outside the ACL
-        # (docs/operations.md), refused with NOPERM into the ACL log on every connection.
+        # On connect, no CLIENT SETINFO and no CLIENT MAINT_NOTIFICATIONS (Redis Enterprise's, tried by
+        # redis-py 8 over RESP3): round trips on every new connection for commands outside the ACL
+        # (docs/operations.md), refused with NOPERM into the ACL log each time.
         "driver_info": None,
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
     username = config.redis_username or first.get("username")
     password = config.redis_password or first.get("password")

@@ -126,11 +126,15 @@ def test_cluster_mode_gets_the_same_tls_and_credentials(cluster_kwargs, ca_file)
     assert (kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == ("required", True)
 
 
-def test_no_client_setinfo_on_connect(standalone, cluster_kwargs):
-    """CLIENT SETINFO is outside the service's ACL: redis-py must not send it on every new connection."""
-    assert standalone(redis_url="redis://cache:6379/0").driver_info is None
-    assert redis.Redis().connection_pool.make_connection().driver_info is not None  # redis-py's default
-    assert cluster_kwargs(redis_url="redis://10.0.0.1:6379")["driver_info"] is None
+def test_no_client_setinfo_nor_maint_notifications_on_connect(standalone, cluster_kwargs):
+    """Both are outside the service's ACL: redis-py must not send them on every new connection."""
+    connection = standalone(redis_url="redis://cache:6379/0")
+    assert connection.driver_info is None
+    assert not getattr(connection.maint_notifications_config, "enabled", False)
+    default = redis.Redis().connection_pool.make_connection()  # redis-py's defaults: both on
+    assert default.driver_info is not None and default.maint_notifications_config.enabled == "auto"
+    kwargs = cluster_kwargs(redis_url="redis://10.0.0.1:6379")
+    assert kwargs["driver_info"] is None and not kwargs["maint_notifications_config"].enabled
 
 
 def test_the_password_stays_out_of_the_urls():
