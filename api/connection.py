@@ -1,7 +1,6 @@
 """Connect to Redis: a standalone client or a Redis Cluster, over TLS for rediss:// URLs, as the configured
 Redis user, every call bounded by the configured timeout."""
 
-import urllib.parse
 from typing import Any
 
 import redis
@@ -58,5 +57,8 @@ def redis_target(config: Config) -> tuple[list[str], dict[str, Any]]:
 
 
 def _without_userinfo(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """Drop `user:password@` from the URL's authority, leave the rest as written (urlunsplit would turn
+    unix:///path into unix:/path)."""
+    scheme, separator, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    return scheme + separator + rest[:end].rpartition("@")[2] + rest[end:]

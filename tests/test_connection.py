@@ -141,3 +141,18 @@ def test_the_password_stays_out_of_the_urls():
     urls, options = redis_target(Config(redis_url="rediss://svc:secret@cache:6380/0"))
     assert urls == ["rediss://cache:6380/0"]
     assert options["password"] == "secret"
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2"),
+        ("unix://svc:pw@/run/redis.sock", "unix:///run/redis.sock"),
+        (
+            "rediss://svc:p%40ss@[::1]:6380/0?ssl_check_hostname=false",
+            "rediss://[::1]:6380/0?ssl_check_hostname=false",
+        ),
+    ],
+)
+def test_urls_lose_only_their_userinfo(url, kept):
+    assert redis_target(Config(redis_url=url))[0] == [kept]
