@@ -13,7 +13,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -30,13 +30,19 @@ PAUSE_AFTER_TIMEOUT_S = 0.5
 class AsyncRunner:
     """Run scripts on a standalone Redis over one asyncio connection."""
 
-    def __init__(self, url: str, timeout_s: float, ca_file: str | None = None) -> None:
-        options = parse_url(url)
-        self._host = options.get("host", "127.0.0.1")
-        self._port = int(options.get("port", 6379))
-        self._db = int(options.get("db", 0))
+    def __init__(self, url: str, timeout_s: float, options: Mapping[str, Any]) -> None:
+        """Connect to `url` with the options api/connection.py gives redis-py: credentials and TLS."""
+        parsed = parse_url(url)
+        self._host = parsed.get("host", "127.0.0.1")
+        self._port = int(parsed.get("port", 6379))
+        self._db = int(parsed.get("db", 0))
         self._username, self._password = options.get("username"), options.get("password")
-        self._ssl = ssl.create_default_context(cafile=ca_file) if url.startswith("rediss://") else None
+        self._ssl = None
+        if url.startswith("rediss://"):
+            self._ssl = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+            self._ssl.check_hostname = bool(
+                parsed.get("ssl_check_hostname", options.get("ssl_check_hostname"))
+            )
         self._timeout_s = timeout_s
         self._connection: _Connection | None = None
         self._connecting: asyncio.Future[_Connection] | None = None
@@ -45,8 +51,7 @@ class AsyncRunner:
     async def run(self, script: Script, key: str, args: Sequence[object]) -> Any:
         reply = await self._call((b"EVALSHA", script.sha, 1, key, *args))
         if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            await self._call((b"SCRIPT", b"LOAD", script.source))
-            reply = await self._call((b"EVALSHA", script.sha, 1, key, *args))
+            reply = await self._call((b"EVAL", script.source, 1, key, *args))  # it loads the script too
         if isinstance(reply, ResponseError):
             raise reply
         return reply

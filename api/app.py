@@ -12,7 +12,7 @@ from . import resources
 from .aio import AsyncRunner
 from .concurrency import Concurrency
 from .config import Config
-from .connection import connect
+from .connection import connect, redis_target
 from .front import Front
 from .identity import Identity
 from .metrics import Metrics, MetricsResource
@@ -85,7 +85,8 @@ def get_front(environ: Mapping[str, str] | None = None) -> Front:
     inline = config.redis_mode == "standalone"  # the asyncio runner speaks to one Redis, not a cluster
     store = blocking
     if inline:
-        runner = AsyncRunner(config.redis_url, config.redis_timeout_s)
+        urls, options = redis_target(config)
+        runner = AsyncRunner(urls[0], config.redis_timeout_s, options)
         store = RedisStore(runner, timeout_s=config.redis_timeout_s)
     playback = Playback(Concurrency(store, tokens, config, count=metrics.count), identity, config)
     return Front(

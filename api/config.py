@@ -91,6 +91,11 @@ class Config:
     redis_url: str = _setting("CONCURRENCY_REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_mode: str = _setting("CONCURRENCY_REDIS_MODE", "standalone")  # or "cluster"
     redis_timeout_s: float = _setting("CONCURRENCY_REDIS_TIMEOUT", 0.25)
+    # rediss:// URLs: the CA certificates (PEM) to verify Redis's certificate with; "": the system's CAs.
+    redis_ca_file: str = _setting("CONCURRENCY_REDIS_CA_FILE", "")
+    # The Redis user and password (ACL, ElastiCache RBAC); each, when set, wins over the URL's.
+    redis_username: str = _setting("CONCURRENCY_REDIS_USERNAME", "")
+    redis_password: str = _setting("CONCURRENCY_REDIS_PASSWORD", "", secret=True)
     max_streams: int = _setting("CONCURRENCY_MAX_STREAMS", 3)
     stream_limit: int = _setting("CONCURRENCY_STREAM_LIMIT", 0)  # sessions of one streamId; 0: no limit
     device_limit: int = _setting("CONCURRENCY_DEVICE_LIMIT", 0)  # distinct deviceIds per user; 0: no limit
@@ -205,12 +210,26 @@ class Config:
                 " request (three ids of the longest length, JSON-escaped, and a token) must fit"
             )
         self._check_callers()
+        self._check_redis()
         if self.user_jwks and not (self.user_issuer and self.user_audience):
             # RFC 8725 3.9, 3.10: a token the identity provider issued to another app must not pass.
             raise ConfigError(
                 "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with"
                 " CONCURRENCY_USER_JWKS"
             )
+
+    def _check_redis(self) -> None:
+        if not self.redis_urls:
+            raise ConfigError(f"{self.env_name('redis_url')} is empty")
+        if not self.redis_ca_file:
+            return
+        if any(not url.startswith("rediss://") for url in self.redis_urls):
+            raise ConfigError(
+                f"{self.env_name('redis_ca_file')} needs TLS: rediss:// in {self.env_name('redis_url')}"
+            )
+        if not (os.path.isfile(self.redis_ca_file) and os.access(self.redis_ca_file, os.R_OK)):
+            name = self.env_name("redis_ca_file")
+            raise ConfigError(f"{name}={self.redis_ca_file!r} is not a readable file")
 
     def _check_callers(self) -> None:
         modes = set(self.caller_modes)
@@ -240,6 +259,13 @@ class Config:
             return self.auth
         derived = ("user-token",) * bool(self.user_jwks) + ("trusted-caller",) * bool(self.callers)
         return derived or ("anonymous",)
+
+    @property
+    def redis_urls(self) -> tuple[str, ...]:
+        """The Redis URL; in cluster mode the comma-separated startup nodes' URLs."""
+        if self.redis_mode != "cluster":
+            return (self.redis_url,) if self.redis_url.strip() else ()
+        return tuple(url.strip() for url in self.redis_url.split(",") if url.strip())
 
     @property
     def longest_token_s(self) -> int:

@@ -131,7 +131,9 @@ class Pipeline:
 
 
 class PipelineRunner:
-    """Run scripts through a Pipeline: EVALSHA, and after a NOSCRIPT, SCRIPT LOAD and once more.
+    """Run scripts through a Pipeline: EVALSHA; where Redis lacks the script (a new or restarted server,
+    SCRIPT FLUSH), EVAL, which loads it too: the same two commands as in cluster mode (api/cluster.py), and
+    the least the Redis user needs.
 
     Its coroutines never suspend: they block the calling thread for the round trip (api/sync.py)."""
 
@@ -141,9 +143,8 @@ class PipelineRunner:
     async def run(self, script: Script, key: str, args: Sequence[object]) -> Any:
         try:
             return self._pipeline.execute("EVALSHA", script.sha, 1, key, *args)
-        except NoScriptError:
-            self._pipeline.execute("SCRIPT", "LOAD", script.source)
-            return self._pipeline.execute("EVALSHA", script.sha, 1, key, *args)
+        except NoScriptError:  # EVAL runs it and keeps it for the next EVALSHA: no SCRIPT LOAD to allow
+            return self._pipeline.execute("EVAL", script.source, 1, key, *args)
 
     async def ping(self) -> bool:
         return self._pipeline.execute("PING") in (b"PONG", "PONG")

@@ -38,9 +38,13 @@ class LoopbackCluster:
     """Three redis-server masters on loopback joined by `redis-cli --cluster create`; `replicas` each.
 
     The nodes notice a dead peer after one second and keep serving their own slots meanwhile
-    (`cluster-require-full-coverage no`), as the operations guide asks of a production cluster."""
+    (`cluster-require-full-coverage no`), as the operations guide asks of a production cluster.
+    `node_args(port)` adds a node's own arguments (TLS), `client_options` are those of `nodes` (TLS, a user)
+    and `cli_args` redis-cli's (`--tls ... --user ...`)."""
 
-    def __init__(self, workdir, ports=None, create=True, replicas=0):
+    def __init__(
+        self, workdir, ports=None, create=True, replicas=0, node_args=None, client_options=None, cli_args=()
+    ):
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             pytest.fail("redis-server and redis-cli are needed; run scripts/test, which installs them")
@@ -54,11 +58,13 @@ class LoopbackCluster:
             args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
             args += ["--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
+            args += node_args(port) if node_args else []
             self._procs[port] = subprocess.Popen(
                 [*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
             )
-        self.nodes = {port: redis.Redis(port=port, socket_timeout=2) for port in self.ports}
-        self._cli = cli
+        options = {"socket_timeout": 2, **(client_options or {})}
+        self.nodes = {port: redis.Redis(port=port, **options) for port in self.ports}
+        self._cli = [cli, *cli_args]
         try:
             for port in self.ports:
                 wait_until(lambda port=port: self._answers(port), what=f"redis-server on port {port}")
@@ -73,7 +79,7 @@ class LoopbackCluster:
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
         replicas = ["--cluster-replicas", str(self._replicas)]
         subprocess.run(
-            [self._cli, "--cluster", "create", *addresses, *replicas, "--cluster-yes"],
+            [*self._cli, "--cluster", "create", *addresses, *replicas, "--cluster-yes"],
             check=True,
             capture_output=True,
             timeout=30,

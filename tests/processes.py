@@ -36,9 +36,12 @@ def wait_until(predicate, timeout_s=10.0, what="condition"):
 
 
 class RedisServer:
-    """A real redis-server on a loopback port (a free one unless given), in its own temporary directory."""
+    """A real redis-server on a loopback port (a free one unless given), in its own temporary directory.
 
-    def __init__(self, workdir, *extra_args, port=None):
+    `extra_args` come last, so they may override the port (`--port 0 --tls-port P`); `client_options` are
+    those of `client`, which must be able to PING it (TLS, a user)."""
+
+    def __init__(self, workdir, *extra_args, port=None, client_options=None):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; run scripts/test, which installs it")
@@ -48,8 +51,12 @@ class RedisServer:
         self._proc = subprocess.Popen(
             [*args, "--dir", str(workdir), *extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
-        self.client = redis.Redis(port=self.port)
-        wait_until(self._answers, what=f"redis-server on port {self.port}")
+        self.client = redis.Redis(port=self.port, **(client_options or {}))
+        try:
+            wait_until(self._answers, what=f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
 
     def _answers(self):
         try:

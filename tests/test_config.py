@@ -347,6 +347,45 @@ def test_the_smallest_valid_values_are_accepted():
     assert jwks.user_jwks == "jwks.json"
 
 
+def test_redis_tls_and_credentials_from_the_environment(tmp_path):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = Config.from_env(
+        {
+            "CONCURRENCY_REDIS_URL": "rediss://a:6379,rediss://b:6379",
+            "CONCURRENCY_REDIS_MODE": "cluster",
+            "CONCURRENCY_REDIS_CA_FILE": str(ca_file),
+            "CONCURRENCY_REDIS_USERNAME": "concurrency-service",
+            "CONCURRENCY_REDIS_PASSWORD": "from-secrets-manager",
+        }
+    )
+    assert config.redis_ca_file == str(ca_file)
+    assert (config.redis_username, config.redis_password) == ("concurrency-service", "from-secrets-manager")
+    assert config.redis_urls == ("rediss://a:6379", "rediss://b:6379")
+    assert Config().redis_ca_file == Config().redis_username == Config().redis_password == ""
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"redis_url": "redis://cache:6379/0"}, "CONCURRENCY_REDIS_CA_FILE needs TLS"),
+        (
+            {"redis_mode": "cluster", "redis_url": "rediss://a:6379,redis://b:6379"},
+            "CONCURRENCY_REDIS_CA_FILE needs TLS",
+        ),
+        ({"redis_url": "rediss://cache:6379/0", "redis_ca_file": "missing.pem"}, "is not a readable file"),
+        ({"redis_url": "rediss://cache:6379/0", "redis_ca_file": "."}, "is not a readable file"),
+        ({"redis_url": " ", "redis_ca_file": ""}, "CONCURRENCY_REDIS_URL is empty"),
+        ({"redis_mode": "cluster", "redis_url": ", ", "redis_ca_file": ""}, "CONCURRENCY_REDIS_URL is empty"),
+    ],
+)
+def test_redis_tls_settings_that_cannot_work_are_refused_at_boot(tmp_path, values, message):
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match=message):
+        Config(**{"redis_ca_file": str(ca_file), **values})
+
+
 def test_an_infinite_redis_timeout_is_refused():
     """`inf` passes `> 0`, then RedisStore's int(timeout_s * 1000) raises OverflowError at boot."""
     with pytest.raises(ConfigError, match="CONCURRENCY_REDIS_TIMEOUT"):
@@ -391,7 +430,9 @@ def test_caller_modes_follow_what_is_configured():
 
 def test_secrets_stay_out_of_the_config_repr():
     secret = "do-not-log-" + "s" * 16
-    config = Config(admin_token=secret, callers=(("api", secret),), signing_key_pem=secret)
+    config = Config(
+        admin_token=secret, callers=(("api", secret),), signing_key_pem=secret, redis_password=secret
+    )
     assert secret not in repr(config)
 
 

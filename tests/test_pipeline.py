@@ -40,7 +40,13 @@ def test_loads_the_script_on_first_use_and_after_a_flush(connections, real_redis
     script = Called(connections, ECHO)
     assert script(keys=["k"], args=["a"]) == [b"k", b"a"]
     real_redis.script_flush()
+    real_redis.config_resetstat()
     assert script(keys=["k"], args=["b"]) == [b"k", b"b"]
+    assert script(keys=["k"], args=["c"]) == [b"k", b"c"]
+    # EVAL loads it where it is missing: no SCRIPT LOAD, a command the service's Redis user may not run
+    calls = {name: stat["calls"] for name, stat in real_redis.info("commandstats").items()}
+    assert (calls["cmdstat_evalsha"], calls["cmdstat_eval"]) == (2, 1)
+    assert "cmdstat_script|load" not in calls
 
 
 def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(connections, real_redis):

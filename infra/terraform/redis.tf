@@ -4,9 +4,10 @@
 # only the commands it sends, on its own keys.
 
 locals {
-  # The Redis commands the service sends, on its own key prefix, and nothing else.
-  # docs/operations.md is the reference list: change both together.
-  redis_access_string = "on ~c:* -@all +evalsha +eval +script|load +ping +time +cluster|slots +cluster|shards +cluster|info +command +info +readonly"
+  # The Redis commands the service sends and its scripts call, on its own key prefix, and nothing else:
+  # docs/operations.md ("Least-privilege Redis") says why each is there. infra/redis/users.acl holds the
+  # same rules; tests/test_infra.py checks that the three agree.
+  redis_access_string = "on ~c:* -@all +evalsha +eval +ping +cluster|slots +command +asking +time +hget +hgetall +hset +hdel +pttl +pexpire"
   redis_user_engine   = var.redis_engine
 }
 
