@@ -10,6 +10,7 @@ import secrets
 
 import pytest
 import redis
+from blocking import Blocking
 from cluster import LoopbackCluster
 from layout import user_key
 from players import admitted, assert_error, assert_gone, bearer, heartbeat, new_user, start, stop
@@ -137,7 +138,7 @@ def make_tls_store():
     def make(backend, **values):
         client = connect(Config(**{"redis_mode": backend.mode, "redis_timeout_s": 2.0, **values}))
         made.append((client, RedisStore(client)))
-        return made[-1][1]
+        return Blocking(made[-1][1])
 
     yield make
     for client, store in made:
