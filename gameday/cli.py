@@ -16,15 +16,26 @@ from .fleet import GamedayError
 from .players import Plan
 from .run import Options, run
 
-SHORT_PLAYERS, SHORT_DURATION_S = 200, 45.0
+SHORT_PLAYERS, SHORT_DURATION_S = 200, 50.0
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="scripts/gameday", description=__doc__)
     option = parser.add_argument
-    option("--players", type=int, help="simulated players (default 2000; 200 with --short)")
-    option("--duration", type=float, help="seconds of play, settling included (default 180; 45 with --short)")
+    option(
+        "--players",
+        type=int,
+        help=f"simulated players (default {Plan.players}; {SHORT_PLAYERS} with --short)",
+    )
+    option(
+        "--duration",
+        type=float,
+        help=f"seconds of play, settling included (default {Options.duration_s:g}; "
+        f"{SHORT_DURATION_S:g} with --short)",
+    )
     option("--short", action="store_true", help="the test form: few players, every fault compressed")
+    option("--ttl", type=int, default=Plan.ttl_s, help="CONCURRENCY_SESSION_TTL, seconds (%(default)s)")
+    option("--interval", type=float, default=Plan.interval_s, help="seconds between heartbeats (%(default)s)")
     option("--connections", type=int, help="keep-alive connections to HAProxy (default: players / 16)")
     option(
         "--failover",
@@ -38,10 +49,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     players = args.players or (SHORT_PLAYERS if args.short else Plan.players)
     duration = args.duration or (SHORT_DURATION_S if args.short else Options.duration_s)
-    plan = Plan(players=players, seed=args.seed)
+    plan = Plan(players=players, seed=args.seed, ttl_s=args.ttl, interval_s=args.interval)
     if args.short:
         plan = dataclasses.replace(
-            plan, mean_play_s=12.0, idle_s=(1.0, 4.0), refused_wait_s=(1.0, 4.0), ramp_s=3.0
+            plan, mean_play_s=12.0, idle_s=(1.0, 4.0), refused_wait_s=(2.0, 6.0), ramp_s=3.0
         )
     else:
         plan = dataclasses.replace(plan, ramp_s=min(10.0, duration / 10))
@@ -52,6 +63,8 @@ def parse_args(argv=None):
             f"needs at least {plan.players_per_user} players and a duration of "
             f"{30 + options.settle_s:g} s or more (the faults need 30 s, settling {options.settle_s:g} s)"
         )
+    if not 0 < args.interval < args.ttl:
+        parser.error("--interval must be positive and shorter than --ttl")
     return options, args.json
 
 

@@ -354,6 +354,9 @@ defaults
     timeout server 5s
     timeout http-keep-alive 60s
     timeout queue 2s
+    # /readyz waits up to twice CONCURRENCY_REDIS_TIMEOUT on a hung node: a check timeout of `inter`
+    # (HAProxy's default) fails it, and two in a row take every instance out of rotation at once.
+    timeout check 2s
     option redispatch 1
     retries 2
     # Only what never reached an instance, or was dropped unanswered by one shutting down: a start of the

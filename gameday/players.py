@@ -25,12 +25,12 @@ class Plan:
     players: int = 2000
     players_per_user: int = 3
     limit: int = 2
-    ttl_s: int = 8
+    ttl_s: int = 10  # > heartbeat interval + failover (~5 s here) + a retry: see docs/operations.md
     interval_s: float = 2.0  # between heartbeats
     mean_play_s: float = 30.0  # a play lasts an exponentially distributed time of this mean
     crash_share: float = 0.2  # of plays that end without a stop
     idle_s: tuple[float, float] = (1.0, 6.0)  # between plays
-    refused_wait_s: tuple[float, float] = (2.0, 8.0)  # after a 403 at the limit
+    refused_wait_s: tuple[float, float] = (4.0, 12.0)  # after a 403 at the limit
     ramp_s: float = 10.0  # players arrive spread over this
     connections: int = 64
     timeout_s: float = 5.0

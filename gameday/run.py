@@ -224,6 +224,21 @@ def window_of(record, faults):
     return "steady"
 
 
+def blamed_windows(beats, faults):
+    """Return {request id: window} of the heartbeats: a failure counts in the window of the first failure
+    of its session's streak (a session that expired after 503s all through a failover was lost to it)."""
+    streak_began: dict[str, object] = {}
+    blame = {}
+    for record in sorted(beats, key=lambda r: r.sent):
+        if record.label == "200":
+            streak_began.pop(record.sid, None)
+            blame[record.rid] = window_of(record, faults)
+        else:
+            first = streak_began.setdefault(record.sid, record)
+            blame[record.rid] = window_of(first, faults)
+    return blame
+
+
 def _percentile(values, share):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else 0.0
@@ -263,8 +278,9 @@ def _result(**f):
         }
     beats = [r for r in game.records if r.op == "heartbeat"]
     by_window: dict[str, list] = {name: [] for name in windows}
+    blame = blamed_windows(beats, faults)
     for record in beats:
-        by_window[window_of(record, faults)].append(record)
+        by_window[blame[record.rid]].append(record)
     heartbeat_windows = {}
     for name, records in by_window.items():
         labels = collections.Counter(r.label for r in records)
@@ -291,6 +307,7 @@ def _result(**f):
     lost = collections.Counter(
         r.label for r in beats if r.label.startswith("410") or r.label.startswith("401")
     )
+    lost_detail = _lost_detail(game, beats, blame, t0)
     stop_gone = collections.Counter(r.label for r in game.records if r.op == "stop" and r.label[:3] == "410")
     admitted = len({c.sid for chains in game.confirmations.values() for c in chains})
     sampler = f["sampler"]
@@ -351,6 +368,7 @@ def _result(**f):
             "stops_abandoned": game.abandoned,
             "lost": dict(sorted(lost.items())),
             "lost_total": sum(lost.values()),
+            "lost_detail": lost_detail[:40],
             "gone_at_stop": dict(sorted(stop_gone.items())),
             "resumed_metrics": f["events"].get("resumed", 0),
             "resumed_logged": len(f["resumed_logged"]),
@@ -368,6 +386,31 @@ def _result(**f):
         "ok": all(ok for _name, ok in checks),
         "workdir": str(f["workdir"]),
     }
+
+
+def _lost_detail(game, beats, blame, t0):
+    """Tell the story of each lost session: when, in which window, and what its heartbeats got before."""
+    by_sid = collections.defaultdict(list)
+    for record in game.records:
+        if record.sid is not None:
+            by_sid[record.sid].append(record)
+    stories = []
+    for record in beats:
+        if not record.label.startswith(("410", "401")):
+            continue
+        history = [r for r in by_sid[record.sid] if r.sent < record.sent]
+        ok = [r for r in history if r.label in ("200", "201")]
+        since = [r.label for r in history if not ok or r.sent > ok[-1].sent]
+        stories.append(
+            {
+                "at_s": round(record.sent - t0, 2),
+                "label": record.label,
+                "window": blame[record.rid],
+                "since_confirmed_s": round(record.sent - ok[-1].received, 2) if ok else None,
+                "answers_since": since,
+            }
+        )
+    return stories
 
 
 def _machine():
