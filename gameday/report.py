@@ -47,9 +47,7 @@ def table(result):
             f"{_statuses(beats['failed'])}; p99 {beats['p99_ms']:.0f} ms, max {beats['max_ms']:.0f} ms"
         )
     for change in result["haproxy"]:
-        lines.append(
-            f"  HAProxy marked instance {change['server']} {change['status']} at t={change['at_s']:.1f} s"
-        )
+        lines.append(f"  HAProxy: instance {change['server']} {change['status']} at t={change['at_s']:.1f} s")
 
     lines += ["", "requests        sent        ok  failed (by status)"]
     for op, figures in result["requests"].items():
@@ -59,7 +57,10 @@ def table(result):
         lines.append(
             f"  {op:<10} {figures['sent']:>9,} {figures['ok']:>9,}  {_statuses(figures['failed'])}{refused}"
         )
-    lines.append("  heartbeats by window (failures within a fault's window or 1.5 s after it count there):")
+    lines.append(
+        "  heartbeats by window (a request in a fault's window or 1.5 s after it counts there; so does a "
+        "failure whose session's run of failures began there):"
+    )
     for name, figures in result["heartbeat_windows"].items():
         lines.append(
             f"    {name:<28} {figures['sent']:>8,} sent {figures['ok']:>8,} ok  failed: "
