@@ -59,7 +59,7 @@ def per_user(entries):
 
 
 class Sampler:
-    """Reads every master about once a second during the run; counts users over the limit."""
+    """Read every master about once a second during the run; note each user over the limit."""
 
     def __init__(self, cluster, limit, interval_s=1.0):
         self._cluster = cluster
@@ -101,11 +101,9 @@ class Sampler:
 
 
 def compare(believed, entries, confirmed_since):
-    """Compare the players' believed-live sessions with Redis's live entries.
-
-    `believed` is {sid: (user, device, stream, last confirmed)}; a session last confirmed before
-    `confirmed_since` may have expired on its own (a heartbeat failed just before the end): it is left out
-    on both sides and counted as `unconfirmed`."""
+    """Compare the players' believed-live sessions ({sid: (user, device, stream, confirmed)}) with Redis's."""
+    # A session last confirmed before `confirmed_since` may have expired on its own (a heartbeat failed
+    # just before the end): it is left out on both sides and counted as `unconfirmed`.
     unconfirmed = {sid for sid, b in believed.items() if b[3] < confirmed_since}
     expected = {
         sid: (user_key(user), device, stream)
@@ -128,13 +126,12 @@ def compare(believed, entries, confirmed_since):
 
 
 def proven_overlaps(confirmations, resumed_rids, limit):
-    """Return (violations, max sessions one user certainly held at once) from the players' answers.
-
-    Each 201/200 was produced by one atomic step in Redis between its request's send and its answer's
-    receipt. Between two consecutive confirmations of one session, the second a refresh that found the
-    session live (not a resumption: those re-check the limit, and are named by the service's log), the
-    session was live all along, so certainly over [first received, second sent]. A user over the limit
-    in those intervals at one instant is an over-admission the players can prove."""
+    """Return (violations, most sessions one user certainly held at once) from the players' answers."""
+    # Each 201/200 was produced by one atomic step in Redis between its request's send and its answer's
+    # receipt. Between two consecutive confirmations of one session, the second a refresh that found the
+    # session live (not a resumption: those re-check the limit, and the service logs them with the request
+    # id), the session was live all along: certainly over [first received, second sent]. A user over the
+    # limit in those intervals at one instant is an over-admission the players can prove.
     violations, most = [], 0
     for user, answers in confirmations.items():
         by_session = collections.defaultdict(list)

@@ -2,7 +2,7 @@
 
 A fault's window runs from its first action to the moment the fleet is whole again as the operator sees
 it (the switch to the new key, HAProxy marking the restarted instance up, the replica promoted, the node
-resumed); requests are attributed to a window afterwards (audit.window_of)."""
+resumed); requests are attributed to a window afterwards (run.blamed_windows)."""
 
 import dataclasses
 import time
@@ -25,7 +25,7 @@ class Fault:
 
 
 class Operator:
-    """Carries out the faults on the fleet."""
+    """Carry out the faults on the fleet."""
 
     def __init__(self, cluster, services, balancer, keys, settings, failover_mode, hang_s):
         self.cluster = cluster
@@ -42,13 +42,13 @@ class Operator:
 
     @property
     def view_lag_s(self):
-        """How late an instance may act on the key directory: propagation + reload."""
+        """Return how late an instance may act on the key directory: propagation + reload."""
         return self.settings["keys_propagation_s"] + self.settings["keys_reload_s"]
 
     # --- the signing key ---------------------------------------------------------------------------
 
     def rotate(self, fault):
-        """`keys rotate` (with --force only if refused): the next key signs from the switch time on."""
+        """Run `keys rotate` (with --force only if refused): the next key signs from the switch on."""
         old = self.keys.kid("active")
         fault.began = time.monotonic()
         status, out = self.keys.run("rotate")
@@ -69,7 +69,7 @@ class Operator:
         fault.details.update(old_kid=old, new_kid=new, switch=switch, output=out.splitlines())
 
     def prune(self, fault):
-        """`keys prune` once the old key's time has come; its kid must leave every instance's JWKS."""
+        """Run `keys prune` once the old key's time has come; wait until it leaves every instance's JWKS."""
         retired = self.retired_kid
         if self.prune_due_wall is None or retired is None:
             raise GamedayError("no rotation to prune after")

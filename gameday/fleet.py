@@ -133,10 +133,10 @@ def _binary(name, package):
 
 
 class Cluster:
-    """Redis Cluster on loopback: three masters with one replica each, made by `redis-cli --cluster create`.
+    """A Redis Cluster on loopback: three masters with a replica each (`redis-cli --cluster create`)."""
 
-    `cluster-require-full-coverage no` (a dead shard fails only its own users) and a short
-    `cluster-node-timeout`, longer than the hang the game day inflicts so that a hang stays a hang."""
+    # `cluster-require-full-coverage no`: a dead shard fails only its own users. A short
+    # `cluster-node-timeout`, but longer than the hang the game day inflicts, so that a hang stays a hang.
 
     def __init__(self, workdir, node_timeout_ms):
         self._server = _binary("redis-server", "redis-server")

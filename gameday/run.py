@@ -45,7 +45,7 @@ class Options:
 
     @property
     def settle_s(self):
-        """Long enough for crashed players' sessions (and unanswered starts) to expire in Redis."""
+        """Return the settle time: long enough for crashed sessions (and unanswered starts) to expire."""
         return self.plan.ttl_s + 2.0
 
     @property
@@ -62,7 +62,7 @@ class Options:
 
 
 def service_env(options, cluster_url, keys_dir, credential):
-    """The environment of the instances and of the `keys` commands: the same CONCURRENCY_* settings."""
+    """Return the environment of the instances and of the `keys` commands: the same CONCURRENCY_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCURRENCY_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes one per instance
     env.update(
@@ -225,8 +225,8 @@ def window_of(record, faults):
 
 
 def blamed_windows(beats, faults):
-    """Return {request id: window} of the heartbeats: a failure counts in the window of the first failure
-    of its session's streak (a session that expired after 503s all through a failover was lost to it)."""
+    """Return {request id: window} of the heartbeats; a failure counts where its session's streak began."""
+    # A session that expired after 503s all through a failover was lost to the failover.
     streak_began: dict[str, object] = {}
     blame = {}
     for record in sorted(beats, key=lambda r: r.sent):
@@ -389,7 +389,7 @@ def _result(**f):
 
 
 def _lost_detail(game, beats, blame, t0):
-    """Tell the story of each lost session: when, in which window, and what its heartbeats got before."""
+    """Return the story of each lost session: when, in which window, what its heartbeats got before."""
     by_sid = collections.defaultdict(list)
     for record in game.records:
         if record.sid is not None:
