@@ -60,7 +60,7 @@ class Operator:
         listing = {key["kid"]: key for key in self.keys.listing()}
         new = next(kid for kid, key in listing.items() if key["state"] == "active")
         switch_wall = listing[new]["times"]["active"]
-        switch = fault.began + (switch_wall - time.time())
+        switch = time.monotonic() + (switch_wall - time.time())  # the manifest's wall time, on our clock
         fault.ended = max(switch, time.monotonic()) + 1.0  # every instance signs with the new key by then
         self.retired_kid = old
         # Rule 5 of docs/operations.md: the old key stays until switch + token lifetime + leeway + view lag.

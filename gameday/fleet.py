@@ -412,8 +412,8 @@ class LoadBalancer:
         out = subprocess.run([self._binary, "-v"], capture_output=True, text=True).stdout
         return out.split()[2] if len(out.split()) > 2 else "?"
 
-    def states(self):
-        """Return {server: status} from the stats socket ('UP', 'DOWN', 'UP 1/2', ...)."""
+    def _stats(self):
+        """Return the rows of `show stat` on the stats socket of the backend's servers, by server name."""
         assert self.process is not None
         if not self.process.running():
             raise GamedayError(f"haproxy exited:\n{self.process.log_tail()}")
@@ -431,12 +431,31 @@ class LoadBalancer:
         if not lines or not lines[0].startswith("# "):
             return {}
         header = lines[0][2:].split(",")
-        states = {}
+        rows = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(","), strict=False))
             if row.get("pxname") == "service" and row.get("svname") in self._names:
-                states[row["svname"]] = row["status"]
-        return states
+                rows[row["svname"]] = row
+        return rows
+
+    def states(self):
+        """Return {server: status} ('UP', 'DOWN', 'UP 1/2': going down, 'DOWN 1/2': coming up)."""
+        return {name: row["status"] for name, row in self._stats().items()}
+
+    def counters(self):
+        """Return {server: {counter: n}}: requests, HAProxy's retries and redispatches, errors, 5xx."""
+        names = {
+            "stot": "sessions",
+            "wretr": "retries",
+            "wredis": "redispatches",
+            "econ": "connect_errors",
+            "eresp": "response_errors",
+            "hrsp_5xx": "answers_5xx",
+        }
+        return {
+            server: {label: int(row.get(field) or 0) for field, label in names.items()}
+            for server, row in self._stats().items()
+        }
 
     def _all_up(self):
         states = self.states()

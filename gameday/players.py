@@ -61,6 +61,7 @@ class Game:
         self.records: list[Record] = []
         self.confirmations: dict[str, list[Confirmation]] = collections.defaultdict(list)
         self.kids: collections.Counter[str] = collections.Counter()
+        self.kid_seen: dict[str, list[float]] = {}  # kid: [first, last] answer with a token of it
         self._kid_of_header: dict[str, str] = {}
         self.crashed = 0
         self.stopped = 0
@@ -96,7 +97,10 @@ class Game:
             self.confirmations[player.user].append(
                 Confirmation(content["sessionId"], answer.sent, answer.received, kind, rid)
             )
-            self.kids[self.kid(content["token"])] += 1
+            kid = self.kid(content["token"])
+            self.kids[kid] += 1
+            seen = self.kid_seen.setdefault(kid, [answer.received, answer.received])
+            seen[1] = answer.received
         return label, answer.status, content | {"_retry_after": answer.headers.get("retry-after")}
 
     def kid(self, token):

@@ -46,8 +46,16 @@ def table(result):
             f"  {'':<28} heartbeats in the window: {beats['sent']:,} sent, {beats['ok']:,} ok, failed: "
             f"{_statuses(beats['failed'])}; p99 {beats['p99_ms']:.0f} ms, max {beats['max_ms']:.0f} ms"
         )
-    for change in result["haproxy"]:
+    for change in result["haproxy"]["transitions"]:
         lines.append(f"  HAProxy: instance {change['server']} {change['status']} at t={change['at_s']:.1f} s")
+
+    for server, counts in result["haproxy"]["servers"].items():
+        lines.append(
+            f"  HAProxy: instance {server} took {counts['sessions']:,} requests; "
+            f"retried {counts['retries']}, redispatched {counts['redispatches']}; "
+            f"errors: {counts['connect_errors']} connect, "
+            f"{counts['response_errors']} response; {counts['answers_5xx']:,} answers 5xx (503 from Redis)"
+        )
 
     lines += ["", "requests        sent        ok  failed (by status)"]
     for op, figures in result["requests"].items():
@@ -119,7 +127,11 @@ def _fault_summary(fault):
     name = fault["name"]
     if name == "key rotation" and "new_kid" in d:
         forced = " (--force)" if d.get("forced") else ""
-        return f"{d['old_kid'][:8]}… → {d['new_kid'][:8]}…{forced}, switch at t={d['switch']:.1f} s"
+        return (
+            f"{d['old_kid'][:8]}… → {d['new_kid'][:8]}…{forced}, switch at t={d['switch']:.1f} s; answers "
+            f"carried the new key from t={d['new_kid_first_answer_s']} s, the old until "
+            f"t={d['old_kid_last_answer_s']} s"
+        )
     if name == "key prune" and "retired_kid" in d:
         return f"{d['retired_kid'][:8]}… retired; gone from both JWKS after {d['jwks_without_it_after_s']} s"
     if name.startswith("instance restart") and "exit_status" in d:

@@ -137,6 +137,7 @@ def _run(options, log, workdir, stack):
     loop_result = asyncio.run(_drive(options, log, balancer.port, credential, faults, methods))
     game, t0, settle_began, frozen_at = loop_result
     sampler.stop()
+    haproxy_counters = balancer.counters()
 
     read_began = time.monotonic()
     entries, missed = audit.read_masters(cluster)
@@ -169,6 +170,7 @@ def _run(options, log, workdir, stack):
         resumed_logged=resumed_logged,
         events=events,
         balancer=balancer,
+        haproxy_counters=haproxy_counters,
         versions={"redis": cluster.version(), "haproxy": balancer.version()},
         workdir=workdir,
     )
@@ -293,6 +295,10 @@ def _result(**f):
     fault_rows = []
     for fault in faults:
         details = {k: (round(v - t0, 2) if k == "switch" else v) for k, v in fault.details.items()}
+        if "new_kid" in details:  # when the players' answers carried each key
+            new, old = game.kid_seen.get(details["new_kid"]), game.kid_seen.get(details["old_kid"])
+            details["new_kid_first_answer_s"] = round(new[0] - t0, 2) if new else None
+            details["old_kid_last_answer_s"] = round(old[1] - t0, 2) if old else None
         fault_rows.append(
             {
                 "name": fault.name,
@@ -378,10 +384,13 @@ def _result(**f):
         "over_admissions": over,
         "redis": f["comparison"],
         "tokens": {"kids": dict(game.kids.most_common())},
-        "haproxy": [
-            {"at_s": round(at - t0, 2), "server": server, "status": status}
-            for at, server, status in f["balancer"].transitions
-        ],
+        "haproxy": {
+            "transitions": [
+                {"at_s": round(at - t0, 2), "server": server, "status": status}
+                for at, server, status in f["balancer"].transitions
+            ],
+            "servers": f["haproxy_counters"],
+        },
         "checks": [{"name": name, "ok": ok} for name, ok in checks],
         "ok": all(ok for _name, ok in checks),
         "workdir": str(f["workdir"]),
