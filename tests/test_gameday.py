@@ -166,8 +166,8 @@ def test_the_short_game_day_admits_no_one_over_the_limit_and_redis_holds_exactly
     assert kids.get(rotation["old_kid"], 0) > 0 and kids.get(rotation["new_kid"], 0) > 0
     assert prune["retired_kid"] == rotation["old_kid"]
     # Every instance switched at the switch time (Redis time): no new-key token before it, no old one after.
-    assert rotation["switch"] - 1 <= rotation["new_kid_first_answer_s"] <= rotation["switch"] + 1
-    assert rotation["switch"] - 1 <= rotation["old_kid_last_answer_s"] <= rotation["switch"] + 1
+    assert rotation["switch"] - 0.5 <= rotation["new_kid_first_answer_s"] <= rotation["switch"] + 2
+    assert rotation["switch"] - 0.5 <= rotation["old_kid_last_answer_s"] <= rotation["switch"] + 2
     assert result["requests"]["heartbeat"]["failed"].get("401", 0) == 0
 
     restart = faults["instance restart (SIGTERM)"]
