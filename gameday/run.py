@@ -17,7 +17,7 @@ import time
 from . import audit
 from .client import Pool
 from .faults import Fault, Operator
-from .fleet import CALLER_NAME, Cluster, Keys, LoadBalancer, Service
+from .fleet import CALLER_NAME, Cluster, GamedayError, Keys, LoadBalancer, Service
 from .players import FROZEN, SETTLING, Game, Plan
 
 GRACE_S = 1.5  # after a fault's window, a request may still see it for one Retry-After (1 s, jittered)
@@ -109,7 +109,7 @@ def _run(options, log, workdir, stack):
     keys = Keys(workdir / "keys", env)
     status, out = keys.run("maintain")  # the active key, and the next one that the rotation will use
     if status != 0:
-        raise RuntimeError(f"keys maintain failed: {out}")
+        raise GamedayError(f"keys maintain failed: {out}")
 
     log(f"starting a Redis Cluster of 6 nodes (3 masters, 3 replicas) on ports {cluster.ports}")
     stack.callback(cluster.stop)
