@@ -66,7 +66,6 @@ def session_tokens(config: Config, keyring: Keyring) -> SessionTokens:
         config.issuer,
         config.audience,
         config.token_leeway_s,
-        issued_cache_size=config.token_cache_size,
     )
 
 

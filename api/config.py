@@ -116,7 +116,6 @@ class Config:
     issuer: str = _setting("CONCURRENCY_ISSUER", "concurrency-service")
     audience: str = _setting("CONCURRENCY_AUDIENCE", "playback")
     token_leeway_s: int = _setting("CONCURRENCY_TOKEN_LEEWAY", 5)
-    token_cache_size: int = _setting("CONCURRENCY_TOKEN_CACHE_SIZE", 32768)  # about 700 bytes each; 0: off
     jwks_max_age_s: int = _setting("CONCURRENCY_JWKS_MAX_AGE", 300)
     max_body_bytes: int = _setting("CONCURRENCY_MAX_BODY_BYTES", 16384)
     max_header_bytes: int = _setting("CONCURRENCY_MAX_HEADER_BYTES", 16384)  # the request line and headers
@@ -161,7 +160,7 @@ class Config:
         for name in (*at_least_one, "max_id_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be at least 1")
-        for name in ("stream_limit", "device_limit", "token_leeway_s", "token_cache_size", "retry_after_s"):
+        for name in ("stream_limit", "device_limit", "token_leeway_s", "retry_after_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must not be negative")
         for name in (

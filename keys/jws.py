@@ -4,13 +4,21 @@ Kept by hand because it is measured faster: `jwt.encode`/`jwt.decode` cost about
 ECDSA operations on every heartbeat (docs/performance.md). Deliberately narrower than a general JOSE
 library: the header must be exactly the one we write (`alg`, `kid`, `typ`), the key is looked up by `kid`
 in the given key set only, with that key's one algorithm; no other header parameter is understood.
+
+The tokens we sign carry a MAC in their `jti` (a nonce, then 128 bits of HMAC-SHA256 over the header
+and the payload as signed, keyed by a secret derived from the signing key: SigningKey.mac_key). Any
+process that holds the key checks it in a microsecond and skips the signature's ECDSA verify, which is
+most of a heartbeat's cost; a token whose MAC does not check takes the full path. docs/security.md says
+what the MAC vouches for and what it does not (the signature bytes).
 """
 
 import base64
 import binascii
 import functools
+import hmac
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +30,11 @@ from .strict_json import DuplicateName
 
 TOKEN_TYPE = "session+jwt"  # the `typ` of every token we sign (RFC 8725 section 3.11)
 HEADER_PARAMS = frozenset({"alg", "kid", "typ"})
+NONCE_BYTES = 9  # 12 characters: a token's jti is unique
+MAC_BYTES = 16  # 22 characters: a forgery is a 2^-128 guess
+_NONCE_CHARS, _MAC_CHARS = 12, 22
+_PLACEHOLDER = "~" * _MAC_CHARS  # never base64url: where the MAC goes, while it is computed
+_PLACEHOLDER_BYTES = _PLACEHOLDER.encode()
 
 # Made once, as json.dumps(..., separators) is not; UTF-8 as is, so ids of any script stay compact.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -36,8 +49,12 @@ def _header(alg: str, kid: str) -> tuple[dict[str, str], bytes]:
 
 
 def sign(key: SigningKey, claims: Mapping[str, Any]) -> str:
-    """Return the compact JWS of `claims` signed by `key`."""
-    signing_input = _header(key.alg, key.kid)[1] + b"." + b64url(_ENCODE(claims).encode())
+    """Return the compact JWS of `claims` signed by `key`, with its `jti`: a nonce and the MAC."""
+    header_b64 = _header(key.alg, key.kid)[1]
+    nonce = secrets.token_urlsafe(NONCE_BYTES)
+    unsealed = _ENCODE({**claims, "jti": nonce + _PLACEHOLDER}).encode()
+    sealed = unsealed.replace(_PLACEHOLDER_BYTES, _mac(key, header_b64, unsealed), 1)
+    signing_input = header_b64 + b"." + b64url(sealed)
     return (signing_input + b"." + b64url(key.sign(signing_input))).decode()
 
 
@@ -46,15 +63,37 @@ def verify(token: str, keys: Mapping[str, SigningKey]) -> dict[str, Any]:
     if not _COMPACT.fullmatch(token):
         raise InvalidJws("token is not a compact JWS (three base64url parts)")
     header_b64, payload_b64, signature_b64 = token.split(".")
-    header = _json_object(header_b64, "header")
+    header = _json_object(_b64decode(header_b64, "header"), "header")
     kid = header.get("kid")
     key = keys.get(kid) if isinstance(kid, str) else None
     if key is None or header != _header(key.alg, key.kid)[0]:
         raise _header_problem(header, key)
-    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode()
-    if not key.verify(_b64decode(signature_b64, "signature"), signing_input):
-        raise InvalidJws("token signature is invalid")
-    return _json_object(payload_b64, "payload")
+    payload = _b64decode(payload_b64, "payload")
+    signature = _b64decode(signature_b64, "signature")
+    if not (len(signature) == key.signature_bytes and _sealed(key, header_b64.encode(), payload)):
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode()
+        if not key.verify(signature, signing_input):
+            raise InvalidJws("token signature is invalid")
+    return _json_object(payload, "payload")
+
+
+def _mac(key: SigningKey, header_b64: bytes, unsealed: bytes) -> bytes:
+    """Return the MAC of a token: over its header segment and its payload with the MAC's place held."""
+    digest = hmac.new(key.mac_key, header_b64 + b"." + unsealed, "sha256").digest()
+    return b64url(digest[:MAC_BYTES])
+
+
+def _sealed(key: SigningKey, header_b64: bytes, payload: bytes) -> bool:
+    """Whether `payload` carries the MAC `key` makes of exactly this header and payload."""
+    at = payload.find(b'"jti":"')  # a string's own quotes are escaped, so this is the jti member's
+    if at < 0:
+        return False
+    start = at + 7 + _NONCE_CHARS
+    given = payload[start : start + _MAC_CHARS]
+    if payload[start + _MAC_CHARS : start + _MAC_CHARS + 1] != b'"':
+        return False
+    unsealed = payload[:start] + _PLACEHOLDER_BYTES + payload[start + _MAC_CHARS :]
+    return hmac.compare_digest(given, _mac(key, header_b64, unsealed))
 
 
 def _header_problem(header: dict[str, Any], key: SigningKey | None) -> InvalidJws:
@@ -81,9 +120,9 @@ def _b64decode(segment: str, part: str) -> bytes:
     return data
 
 
-def _json_object(segment: str, part: str) -> dict[str, Any]:
+def _json_object(data: bytes, part: str) -> dict[str, Any]:
     try:
-        value = strict_json.loads(_b64decode(segment, part))
+        value = strict_json.loads(data)
     except DuplicateName as exc:
         raise InvalidJws(f"token {part} names {exc.name!r} twice") from None
     except (ValueError, RecursionError):

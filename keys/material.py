@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from .errors import KeyStoreError
@@ -21,6 +22,7 @@ PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublic
 
 RSA_BITS = 3072
 MIN_RSA_BITS = 2048
+MAC_SALT = b"concurrency-service session token MAC"
 ENV_SOURCE = "env"  # the `source` of a key given in the environment rather than the directory
 
 _JWK_EXPORTERS: dict[str, Any] = {"ES256": ECAlgorithm, "EdDSA": OKPAlgorithm, "RS256": RSAAlgorithm}
@@ -67,6 +69,21 @@ class SigningKey:
         if self.private_key is None:
             raise KeyStoreError(f"key {self.kid}: its private key is not kept in state {self.state}")
         return self.private_key.public_key()
+
+    @functools.cached_property
+    def mac_key(self) -> bytes:
+        """A secret derived from the private key (HKDF-SHA256, bound to the kid): whoever may sign may MAC."""
+        if self.private_key is None:
+            raise KeyStoreError(f"key {self.kid}: its private key is not kept in state {self.state}")
+        secret = pem_of(self.private_key)
+        hkdf = HKDF(_SHA256, 32, salt=MAC_SALT, info=self.kid.encode())
+        return hkdf.derive(secret)
+
+    @functools.cached_property
+    def signature_bytes(self) -> int:
+        """The length of this key's signatures: 64 for ES256 (r || s) and EdDSA, the modulus for RS256."""
+        key = self.public_key
+        return key.key_size // 8 if isinstance(key, rsa.RSAPublicKey) else 64
 
     def sign(self, data: bytes) -> bytes:
         """Return the JWS signature of `data` (for ES256 the fixed-size r || s of RFC 7518, not DER).

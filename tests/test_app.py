@@ -315,7 +315,7 @@ def test_www_authenticate_never_carries_raw_token_text(client):
             {"CONCURRENCY_USER_JWKS": "/tmp/jwks.json"},
             "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE",
         ),
-        ({"CONCURRENCY_TOKEN_CACHE_SIZE": "-1"}, "CONCURRENCY_TOKEN_CACHE_SIZE must not be negative"),
+        ({"CONCURRENCY_TOKEN_LEEWAY": "-1"}, "CONCURRENCY_TOKEN_LEEWAY must not be negative"),
         ({"CONCURRENCY_REDIS_TIMEOUT": "0"}, "CONCURRENCY_REDIS_TIMEOUT must be a positive"),
         ({"CONCURRENCY_LOG_LEVEL": "chatty"}, "CONCURRENCY_LOG_LEVEL must be one of"),
         ({"CONCURRENCY_AT_LIMIT": "shrug"}, "CONCURRENCY_AT_LIMIT must be one of"),

@@ -295,7 +295,6 @@ def test_overrides_win_over_the_environment():
         ({"stream_limit": -1}, "CONCURRENCY_STREAM_LIMIT must not be negative"),
         ({"device_limit": -1}, "CONCURRENCY_DEVICE_LIMIT must not be negative"),
         ({"token_leeway_s": -1}, "CONCURRENCY_TOKEN_LEEWAY must not be negative"),
-        ({"token_cache_size": -1}, "CONCURRENCY_TOKEN_CACHE_SIZE must not be negative"),
         ({"retry_after_s": -1}, "CONCURRENCY_RETRY_AFTER must not be negative"),
         ({"redis_timeout_s": 0}, "CONCURRENCY_REDIS_TIMEOUT must be a positive number"),
         ({"redis_timeout_s": float("nan")}, "CONCURRENCY_REDIS_TIMEOUT must be a positive number"),
@@ -337,11 +336,10 @@ def test_the_smallest_valid_values_are_accepted():
         max_streams=1,
         stream_limit=0,
         token_leeway_s=0,
-        token_cache_size=0,
         retry_after_s=0,
         keys_propagation_s=0.0,  # one instance reading its own directory
     )
-    assert (config.max_streams, config.stream_limit, config.token_cache_size) == (1, 0, 0)
+    assert (config.max_streams, config.stream_limit, config.token_leeway_s) == (1, 0, 0)
     assert config.keys_propagation_s == 0
     jwks = Config(user_jwks="jwks.json", user_issuer="https://idp.example", user_audience="concurrency")
     assert jwks.user_jwks == "jwks.json"

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 
 import jwt
 import pytest
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from keys import jws
 from keys.errors import InvalidJws
 from keys.keyring import KeySet
-from keys.material import P256_ORDER
+from keys.material import P256_ORDER, SigningKey
 from keys.records import ALGORITHMS
 from keys.store import KeyStore
 
@@ -66,6 +67,15 @@ def forge(key, header, payload=b'{"sub":"ann"}'):
     return f"{signing_input}.{b64(key.sign(signing_input.encode()))}"
 
 
+def unsealed(key, claims=CLAIMS):
+    """Return a token of `claims` validly signed by `key` without our MAC: it takes the full path."""
+    return forge(key, our_header(key), json.dumps(claims, separators=(",", ":")).encode())
+
+
+def without_jti(claims):
+    return {name: value for name, value in claims.items() if name != "jti"}
+
+
 def with_signature(token, signature):
     return token.rsplit(".", 1)[0] + "." + b64(signature)
 
@@ -77,7 +87,16 @@ def with_signature(token, signature):
 def test_sign_then_verify(keysets, alg):
     keyset = keysets[alg]
     token = jws.sign(keyset.signing, CLAIMS)
-    assert jws.verify(token, keyset.verifying) == CLAIMS
+    claims = jws.verify(token, keyset.verifying)
+    assert without_jti(claims) == CLAIMS
+    assert re.fullmatch(
+        r"[A-Za-z0-9_-]{34}", claims["jti"]
+    )  # a 12-character nonce, then the 22-character MAC
+
+
+def test_every_token_has_its_own_jti(keyset):
+    jtis = {jws.verify(jws.sign(keyset.signing, CLAIMS), keyset.verifying)["jti"] for _ in range(100)}
+    assert len(jtis) == 100
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
@@ -93,7 +112,7 @@ def test_a_general_jose_library_verifies_our_tokens(keysets, alg):
     key = keysets[alg].signing
     token = jws.sign(key, CLAIMS)
     assert jwt.get_unverified_header(token) == {"alg": alg, "kid": key.kid, "typ": "session+jwt"}
-    assert jwt.decode(token, key.public_key, algorithms=[alg]) == CLAIMS
+    assert without_jti(jwt.decode(token, key.public_key, algorithms=[alg])) == CLAIMS
 
 
 @pytest.mark.parametrize("alg", ALGORITHMS)
@@ -117,11 +136,12 @@ def with_s(token, low):
 
 
 def test_ecdsa_signatures_have_one_spelling(keysets):
-    """We sign with the low s only; the high-s twin of our signature verifies in general, not here."""
+    """We sign with the low s only; the high-s twin of a signature verifies elsewhere, not on our full path"""
     keyset = keysets["ES256"]
     for _ in range(20):
-        token = jws.sign(keyset.signing, CLAIMS)
-        assert with_s(token, low=True) == token
+        ours = jws.sign(keyset.signing, CLAIMS)
+        assert with_s(ours, low=True) == ours
+        token = unsealed(keyset.signing)
         twin = with_s(token, low=False)
         public = keyset.signing.public_key
         assert jwt.decode(
@@ -143,7 +163,7 @@ def test_only_canonical_base64url(keyset):
         other = part[:-1] + alphabet[alphabet.index(part[-1]) ^ 1]  # the lowest bit is never data here
         assert base64.urlsafe_b64decode(other + "==") == base64.urlsafe_b64decode(part + "==")
         spelled = ".".join(parts[:index] + [other] + parts[index + 1 :])
-        with pytest.raises(InvalidJws):  # the payload fails its signature first; the others, encoding
+        with pytest.raises(InvalidJws, match="not canonical"):
             jws.verify(spelled, keyset.verifying)
         flipped += 1
     assert flipped >= 1  # the signature's 86 characters always leave 4 bits unused
@@ -313,7 +333,7 @@ def test_altered_payload(keysets, alg):
 @pytest.mark.parametrize("alg", ALGORITHMS)
 def test_altered_signature(keysets, alg):
     keyset = keysets[alg]
-    token = jws.sign(keyset.signing, CLAIMS)
+    token = unsealed(keyset.signing)
     signature = bytearray(unb64(token.rsplit(".", 1)[1]))
     for index in (0, len(signature) // 2, -1):
         altered = signature.copy()
@@ -333,9 +353,108 @@ def test_signature_of_the_wrong_length(keysets, alg):
 
 
 def test_es256_signature_of_zeros(keyset):
-    token = jws.sign(keyset.signing, CLAIMS)
+    token = unsealed(keyset.signing)
     with pytest.raises(InvalidJws, match="token signature is invalid"):
         jws.verify(with_signature(token, bytes(64)), keyset.verifying)
+
+
+# -- the MAC: tokens we signed skip the ECDSA verify --------------------------------------------------
+
+
+@pytest.fixture
+def full_path(monkeypatch):
+    """Count the signature verifications: the full path's, which a token sealed by its own key skips."""
+    calls = []
+    verify = SigningKey.verify
+
+    def counted(key, signature, data):
+        calls.append(key.kid)
+        return verify(key, signature, data)
+
+    monkeypatch.setattr(SigningKey, "verify", counted)
+    return calls
+
+
+def resigned(key, payload):
+    """Return a token of exactly these payload bytes, validly signed by `key`."""
+    return forge(key, our_header(key), payload)
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_a_token_we_sealed_skips_the_signature_check(keysets, alg, full_path):
+    keyset = keysets[alg]
+    assert without_jti(jws.verify(jws.sign(keyset.signing, CLAIMS), keyset.verifying)) == CLAIMS
+    assert full_path == []
+
+
+def test_a_token_without_our_mac_takes_the_full_path(keyset, full_path):
+    assert jws.verify(unsealed(keyset.signing), keyset.verifying) == CLAIMS
+    assert full_path == [keyset.signing.kid]
+
+
+def test_a_wrong_mac_takes_the_full_path(keyset, full_path):
+    """Each character of the MAC changed, the payload signed again: the signature decides, and it holds."""
+    key = keyset.signing
+    payload = unb64(jws.sign(key, CLAIMS).split(".")[1])
+    at = payload.index(b'"jti":"') + 7 + 12
+    for index in range(at, at + 22):
+        wrong = (
+            payload[:index] + (b"A" if payload[index : index + 1] != b"A" else b"B") + payload[index + 1 :]
+        )
+        assert jws.verify(resigned(key, wrong), keyset.verifying)["jti"] != json.loads(payload)["jti"]
+    assert len(full_path) == 22
+
+
+def test_a_mac_made_with_another_key_takes_the_full_path(keysets, keyset, stranger, full_path):
+    """The MAC is keyed per signing key and covers the header and its kid: another key's MAC never checks."""
+    for other in (stranger, keysets["EdDSA"].signing):
+        payload = unb64(jws.sign(other, CLAIMS).split(".")[1])
+        assert without_jti(jws.verify(resigned(keyset.signing, payload), keyset.verifying)) == CLAIMS
+    assert full_path == [keyset.signing.kid] * 2
+    assert stranger.mac_key != keyset.signing.mac_key
+
+
+def test_altered_claims_break_the_mac(keyset, full_path):
+    """Any byte of the claims changed, the jti kept: the MAC fails, then the signature: refused."""
+    key = keyset.signing
+    header_segment, payload_segment, signature = jws.sign(key, CLAIMS).split(".")
+    payload = unb64(payload_segment)
+    for old, new in ((b'"ann"', b'"bob"'), (b'"n":7', b'"n":8'), (b"true", b"false"), (b"{", b'{"x":1,')):
+        altered = payload.replace(old, new, 1)
+        assert altered != payload
+        with pytest.raises(InvalidJws, match="token signature is invalid"):
+            jws.verify(f"{header_segment}.{b64(altered)}.{signature}", keyset.verifying)
+    assert len(full_path) == 4
+
+
+def test_a_sealed_payload_under_another_header_is_refused(keysets, keyset, full_path):
+    """The MAC covers the header segment: our payload and signature under an altered header do not pass."""
+    key = keyset.signing
+    _, payload_segment, signature = jws.sign(key, CLAIMS).split(".")
+    spaced = b64(json.dumps(our_header(key)).encode())  # the same header, spelled with spaces
+    with pytest.raises(InvalidJws, match="token signature is invalid"):
+        jws.verify(f"{spaced}.{payload_segment}.{signature}", keyset.verifying)
+    assert full_path == [key.kid]
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_altered_signature_bytes_on_a_sealed_token_gain_nothing(keysets, alg):
+    """The hole the fast path leaves, and why it is harmless: the MAC vouches for the header and claims, not
+    the signature bytes. We accept the same claims under other signature bytes of the right length; every
+    other verifier (here PyJWT) refuses it: the token is worth less to its holder than the original."""
+    keyset = keysets[alg]
+    key = keyset.signing
+    token = jws.sign(key, CLAIMS)
+    altered = with_signature(token, bytes(key.signature_bytes))
+    assert jws.verify(altered, keyset.verifying) == jws.verify(token, keyset.verifying)
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(altered, key.public_key, algorithms=[alg])
+    for wrong in (
+        bytes(key.signature_bytes - 1),
+        bytes(key.signature_bytes + 1),
+    ):  # the length is still checked
+        with pytest.raises(InvalidJws, match="token signature is invalid"):
+            jws.verify(with_signature(token, wrong), keyset.verifying)
 
 
 # -- the payload ------------------------------------------------------------------------------------
