@@ -6,7 +6,9 @@ import json
 import logging
 import re
 import secrets
+import sys
 import time
+from typing import TextIO
 
 import falcon
 
@@ -107,9 +109,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class _Stderr(logging.StreamHandler[TextIO]):
+    """Writes to sys.stderr as it is when a record comes, not as it was at set-up (a test may swap it)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stderr as JSON lines."""
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

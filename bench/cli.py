@@ -6,7 +6,7 @@ import shlex
 import signal
 import sys
 
-from . import report, suite, wrk
+from . import report, scaling, suite, wrk
 from .processes import BenchError
 
 DEFAULTS = suite.Options()
@@ -17,6 +17,7 @@ def parse_args(argv=None):
     option = parser.add_argument
     option("--server", default=DEFAULTS.server, help="a `serve --server` choice (%(default)s)")
     option("--workers", type=int, default=DEFAULTS.workers, help="worker processes (%(default)s)")
+    option("--cores", type=int, default=DEFAULTS.cores, help="CPUs the server is pinned to (%(default)s)")
     option("--threads", type=int, default=DEFAULTS.threads, help="threads per worker (%(default)s)")
     option("--connections", type=int, default=DEFAULTS.connections, help="wrk connections (%(default)s)")
     option("--duration", type=int, default=DEFAULTS.duration_s, help="seconds per run (%(default)s)")
@@ -24,7 +25,7 @@ def parse_args(argv=None):
     option(
         "--pin",
         action=argparse.BooleanOptionalAction,
-        help="server on CPU 0, wrk and Redis on the others (default: on for one worker)",
+        help="server on the first --cores CPUs, wrk and Redis on the others (default: on)",
     )
     option(
         "--paced",
@@ -51,30 +52,48 @@ def parse_args(argv=None):
         default=DEFAULTS.flood_s,
         help="seconds of a one-account start/stop flood, then of the same churn spread (0 skips it)",
     )
+    option(
+        "--peer", default=DEFAULTS.peer_dir, help="the Node peer's folder, run beside heartbeat (%(default)s)"
+    )
+    option("--no-peer", dest="peer", action="store_const", const=None, help="skip the Node peer's row")
+    option(
+        "--scaling",
+        type=_counts,
+        default=(),
+        help="instead of the table: heartbeats with each of these worker counts (1,2,4,8), one core each",
+    )
     option("--json", action="store_true", help="print the figures as JSON instead of the table")
     args = parser.parse_args(argv)
     ops = tuple(op.strip() for op in args.ops.split(",") if op.strip())
     unknown = sorted(set(ops) - set(wrk.OPS))
     if unknown or not ops:
         parser.error(f"--ops takes some of {','.join(wrk.OPS)}")
-    if args.workers < 1 or args.threads < 1 or args.connections < 1 or args.duration < 1:
-        parser.error("--workers, --threads, --connections and --duration must be at least 1")
+    if min(args.workers, args.cores, args.threads, args.connections, args.duration, *args.scaling) < 1:
+        parser.error(
+            "--workers, --cores, --threads, --connections, --duration and --scaling must be at least 1"
+        )
     if not 0 <= args.paced < 1:
         parser.error("--paced is a share of the saturated rate: at least 0, below 1")
-    return suite.Options(
-        ops=ops,
-        server=args.server,
-        workers=args.workers,
-        threads=args.threads,
-        connections=args.connections,
-        duration_s=args.duration,
-        warmup_s=max(0, args.warmup),
-        pin=args.workers == 1 if args.pin is None else args.pin,
-        paced=args.paced,
-        memory_sessions=tuple(n for n in args.memory_sessions if n > 0),
-        crypto_iterations=max(10, args.crypto_iterations),
-        flood_s=max(0, args.flood),
-    ), args.json
+    return (
+        suite.Options(
+            ops=ops,
+            server=args.server,
+            workers=args.workers,
+            cores=args.cores,
+            threads=args.threads,
+            connections=args.connections,
+            duration_s=args.duration,
+            warmup_s=max(0, args.warmup),
+            pin=args.pin is not False,
+            paced=args.paced,
+            memory_sessions=tuple(n for n in args.memory_sessions if n > 0),
+            crypto_iterations=max(10, args.crypto_iterations),
+            flood_s=max(0, args.flood),
+            peer_dir=args.peer,
+        ),
+        args.scaling,
+        args.json,
+    )
 
 
 def _exit_on_signal(signum, frame):
@@ -83,7 +102,7 @@ def _exit_on_signal(signum, frame):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    options, as_json = parse_args(argv)
+    options, counts, as_json = parse_args(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even where a parent shell ignores it
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGHUP, _exit_on_signal)
@@ -92,7 +111,7 @@ def main(argv=None):
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
     try:
-        result = suite.run(options, log)
+        result = scaling.run(options, counts, log) if counts else suite.run(options, log)
     except KeyboardInterrupt:
         log("interrupted; stopped everything it had started")
         return 130

@@ -61,7 +61,11 @@ class Process:
 
     def cpu_seconds(self):
         """Return the user+system CPU time used so far by the live processes of the group."""
-        return group_cpu_seconds(self._proc.pid)
+        return sum(group_cpu_times(self._proc.pid))
+
+    def cpu_times(self):
+        """Return (user, system) CPU seconds used so far by the live processes of the group."""
+        return group_cpu_times(self._proc.pid)
 
     def log_tail(self, lines=20):
         with open(self.log_path, "rb") as file:
@@ -87,7 +91,12 @@ class Process:
 
 def group_cpu_seconds(pgid, proc=pathlib.Path("/proc")):
     """Return the CPU time (user + system) of the live processes in process group `pgid`."""
-    ticks = 0
+    return sum(group_cpu_times(pgid, proc))
+
+
+def group_cpu_times(pgid, proc=pathlib.Path("/proc")):
+    """Return (user, system) CPU seconds of the live processes in process group `pgid`."""
+    user = system = 0
     for stat in proc.glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
@@ -96,8 +105,9 @@ def group_cpu_seconds(pgid, proc=pathlib.Path("/proc")):
         # The command name may hold spaces and parentheses; the fields after its last ")" do not.
         fields = text[text.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid:  # pgrp; then utime and stime are fields 14 and 15 of stat(5)
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            user, system = user + int(fields[11]), system + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,23 +15,25 @@ OWN_COMMANDS = frozenset({"info"})  # the snapshots themselves
 class Snapshot:
     reads: int
     calls: dict  # command -> calls
+    cpu_s: float = 0.0  # Redis's user + system CPU time, all its threads
 
 
 def snapshot(client):
-    """Take one INFO of stats and commandstats (itself one read)."""
-    info = client.info("stats", "commandstats")
+    """Take one INFO of stats, commandstats and cpu (itself one read)."""
+    info = client.info("stats", "commandstats", "cpu")
     calls = {
         name.removeprefix("cmdstat_"): int(stats["calls"])
         for name, stats in info.items()
         if name.startswith("cmdstat_")
     }
-    return Snapshot(int(info["total_reads_processed"]), calls)
+    cpu_s = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    return Snapshot(int(info["total_reads_processed"]), calls, cpu_s)
 
 
 def per_request(before, after, requests):
-    """Return round trips, script calls and every command per request between two snapshots."""
+    """Return round trips, script calls, Redis CPU µs and every command per request between two snapshots."""
     if requests <= 0:
-        return {"round_trips": 0.0, "scripts": 0.0, "commands": {}}
+        return {"round_trips": 0.0, "scripts": 0.0, "cpu_us": 0.0, "commands": {}}
     commands = {}
     for name, calls in after.calls.items():
         delta = calls - before.calls.get(name, 0)
@@ -41,5 +43,6 @@ def per_request(before, after, requests):
     return {
         "round_trips": max(0, reads) / requests,
         "scripts": sum(share for name, share in commands.items() if name in SCRIPT_COMMANDS),
+        "cpu_us": (after.cpu_s - before.cpu_s) * 1e6 / requests,
         "commands": dict(sorted(commands.items())),
     }

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import crypto, flood, memory, roundtrips, wrk
+from . import crypto, flood, memory, peer, roundtrips, wrk
 from .processes import BenchError, redis_server, service
 from .sessions import SessionPool
 
@@ -24,7 +24,8 @@ POOL_MARGIN = 1.5  # stop may well be the fastest op
 class Options:
     ops: tuple = wrk.OPS
     server: str = "granian"
-    workers: int = 1
+    workers: int = 2  # on the server's cores: most heartbeats reach a worker that did not sign their token
+    cores: int = 1  # the server's CPUs, when pinned
     threads: int = 8  # as `serve`
     connections: int = 16
     duration_s: int = 10
@@ -34,21 +35,22 @@ class Options:
     memory_sessions: tuple[int, ...] = (10_000, 100_000)
     crypto_iterations: int = 20_000
     flood_s: int = 0  # seconds of each run of the one-account flood against the spread churn; 0 skips it
+    peer_dir: str | None = str(peer.DEFAULT_DIR)  # the Node peer's heartbeat, run on the server's cores
 
 
-def cpu_split(pin):
-    """Return (server CPUs, load CPUs): the first CPU serves, wrk and Redis share the others."""
+def cpu_split(pin, cores=1):
+    """Return (server CPUs, load CPUs): the first `cores` CPUs serve, wrk and Redis share the others."""
     cpus = sorted(os.sched_getaffinity(0))
-    if not pin or len(cpus) < 2:
+    if not pin or len(cpus) <= cores:
         return (), ()
-    return (cpus[0],), tuple(cpus[1:])
+    return tuple(cpus[:cores]), tuple(cpus[cores:])
 
 
 def run(options, log):
     """Run the benchmark; return every figure as one JSON-ready dict."""
-    server_cpus, load_cpus = cpu_split(options.pin)
+    server_cpus, load_cpus = cpu_split(options.pin, options.cores)
     if options.pin and not server_cpus:
-        log("only one CPU is available: running unpinned")
+        log(f"{options.cores} CPU(s) for the server leave none for the load: running unpinned")
     result = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": _machine(),
@@ -70,13 +72,16 @@ def run(options, log):
             with service(workdir, env, options.server, options.workers, options.threads, server_cpus) as app:
                 on = f"CPU {server_cpus[0]}" if server_cpus else "any CPU"
                 log(f"timing ES256 verify and sign ({options.crypto_iterations} each) on {on}")
-                result["crypto"] = crypto.measure_on(server_cpus, options.crypto_iterations)
+                result["crypto"] = crypto.measure_on(server_cpus[:1], options.crypto_iterations)
+                result["crypto"]["floor_per_s"] *= max(1, len(server_cpus))
                 pool = SessionPool(workdir, env)
                 bench = _Ops(options, workdir, app, redis.client, pool, load_cpus, log)
                 bench.warm_up()
                 for op in wrk.OPS:
                     if op in options.ops:
                         result["ops"][op] = bench.measure(op, result["crypto"]["floor_per_s"])
+                if "heartbeat" in options.ops:
+                    result["peer"] = bench.measure_peer(options.peer_dir, redis.port, server_cpus)
                 if options.flood_s:
                     log(f"a one-account start/stop flood, then that churn spread: {options.flood_s} s each")
                     result["flood"] = flood.measure(app.port, redis.client, options.flood_s)
@@ -164,12 +169,30 @@ class _Ops:
         connections, share = self._options.connections, self._options.paced
         return max(0.0, 1000 * (connections / (share * rps) - 1 / rps))
 
-    def _wrk(self, op, args, duration_s, delay_ms=None):
-        """Run wrk; add the server's CPU time per request and its busy share of one core."""
-        cpu_before = self._app.process.cpu_seconds()
+    def measure_peer(self, peer_dir, redis_port, server_cpus):
+        """Run the Node peer's heartbeat saturated on the server's CPUs; its figures, or why it did not."""
+        missing = peer.unavailable(peer_dir)
+        if missing:
+            self._log(f"no Node peer row: {missing}")
+            return {"skipped": missing}
+        node = peer.Peer(peer_dir, self._workdir, redis_port, server_cpus)
+        try:
+            duration_s = self._options.duration_s
+            self._log(f"Node peer heartbeat: {self._options.connections} connections for {duration_s} s")
+            before = roundtrips.snapshot(self._redis)
+            run = self._wrk(wrk.PEER, [node.sessions_file(self._workdir)], duration_s, target=node)
+            after = roundtrips.snapshot(self._redis)
+            return {**run.as_dict(), "redis": roundtrips.per_request(before, after, run.requests)}
+        finally:
+            node.stop()
+
+    def _wrk(self, op, args, duration_s, delay_ms=None, target=None):
+        """Run wrk; add the server's CPU time per request (and its kernel part) and its busy cores."""
+        target = target or self._app
+        user_before, system_before = target.process.cpu_times()
         result = wrk.run(
             op,
-            self._app.url,
+            target.url,
             args,
             self._workdir,
             self._options.connections,
@@ -177,10 +200,13 @@ class _Ops:
             delay_ms,
             self._cpus,
         )
-        cpu_s = self._app.process.cpu_seconds() - cpu_before
+        user, system = target.process.cpu_times()
+        cpu_s, system_s = user + system - user_before - system_before, system - system_before
+        per_request = 1e6 / result.requests if result.requests else 0.0
         return dataclasses.replace(
             result,
-            server_cpu_us=cpu_s * 1e6 / result.requests if result.requests else 0.0,
+            server_cpu_us=cpu_s * per_request,
+            server_sys_us=system_s * per_request,
             server_busy=cpu_s / result.duration_s if result.duration_s else 0.0,
         )
 

@@ -12,6 +12,7 @@ from .processes import BenchError, pinned
 LUA_DIR = pathlib.Path(__file__).with_name("lua")
 RESULT_PREFIX = "bench-result "
 OPS = ("start", "heartbeat", "stop")
+PEER = "peer"  # the Node peer's heartbeat (bench/peer.py), not an op of the service
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class WrkResult:
     socket_errors: dict
     reused: int
     server_cpu_us: float | None = None  # the server's CPU time per request, when measured
+    server_sys_us: float | None = None  # the part of it spent in the kernel (system time)
     server_busy: float | None = None  # the server's CPU time / run time: cores kept busy
 
     @property
@@ -67,8 +69,8 @@ def parse_output(text):
 
 
 def script_text(op):
-    """Return the Lua script of `op`: the shared part, then the op's own."""
-    if op not in OPS:
+    """Return the Lua script of `op` (or of the peer): the shared part, then the op's own."""
+    if op not in (*OPS, PEER):
         raise ValueError(f"unknown op {op!r}")
     return (LUA_DIR / "common.lua").read_text() + "\n" + (LUA_DIR / f"{op}.lua").read_text()
 
@@ -79,13 +81,22 @@ def version():
     return first[0].split(" Copyright")[0] if first else "wrk"
 
 
-def run(op, url, args, workdir, connections, duration_s, delay_ms=None, cpus=()):
+def run(op, url, args, workdir, connections, duration_s, delay_ms=None, cpus=(), threads=1):
     """Run wrk's `op` script against `url` with `args`; pace each connection by `delay_ms` if given."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed (apt-get install wrk)")
     script = workdir / f"{op}.lua"
     script.write_text(script_text(op))
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url]
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     env = dict(os.environ)
     if delay_ms is not None:
         env["BENCH_DELAY_MS"] = str(max(0, round(delay_ms)))

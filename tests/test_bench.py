@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 # `bench` is a tool of this repository, not part of the installed package.
-from bench import cli, memory, report, roundtrips, wrk
+from bench import cli, memory, peer, report, roundtrips, wrk
 from bench.processes import BenchError, group_cpu_seconds, pinned, server_command
 from bench.sessions import SessionPool, read_lines
 
@@ -131,14 +131,27 @@ def test_read_lines_skips_broken_lines():
     assert read_lines("a tok1\n\nbroken\nb tok2\n") == [("a", "tok1"), ("b", "tok2")]
 
 
-def test_parse_args_pins_one_worker_only_by_default():
-    options, as_json = cli.parse_args([])
-    assert options.pin and options.workers == 1 and not as_json
-    assert not cli.parse_args(["--workers", "2"])[0].pin
-    assert cli.parse_args(["--workers", "2", "--pin", "--json"])[0].pin
+def test_parse_args_pins_two_workers_to_one_core_by_default():
+    options, counts, as_json = cli.parse_args([])
+    assert options.pin and (options.workers, options.cores) == (2, 1) and not as_json and counts == ()
+    assert not cli.parse_args(["--workers", "2", "--no-pin"])[0].pin
+    assert cli.parse_args(["--cores", "4", "--json"])[0].cores == 4
     assert cli.parse_args(["--ops", "stop, heartbeat"])[0].ops == ("stop", "heartbeat")
-    with pytest.raises(SystemExit):
-        cli.parse_args(["--ops", "start,nap"])
+    assert cli.parse_args(["--no-peer"])[0].peer_dir is None
+    assert cli.parse_args(["--scaling", "1,2,8"])[1] == (1, 2, 8)
+    for wrong in (["--ops", "start,nap"], ["--scaling", "0,2"], ["--cores", "0"]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(wrong)
+
+
+def test_peer_runs_only_where_it_can(tmp_path, monkeypatch):
+    assert peer.unavailable(None) == "not asked for (--no-peer)"
+    assert "no peer.mjs" in peer.unavailable(tmp_path)
+    (tmp_path / "peer.mjs").write_text("")
+    monkeypatch.setattr(peer.shutil, "which", lambda tool: None if tool == "node" else "/usr/bin/" + tool)
+    assert peer.unavailable(tmp_path) == "node not installed"
+    monkeypatch.setattr(peer.shutil, "which", lambda tool: "/usr/bin/" + tool)
+    assert peer.unavailable(tmp_path) is None
 
 
 def _result():
@@ -151,6 +164,7 @@ def _result():
         "reused": 0,
         "floor_ratio": 0.6,
         "server_cpu_us": 600.0,
+        "server_sys_us": 150.0,
         "server_busy": 0.9,
         "redis": {"round_trips": 1.0, "scripts": 1.0, "commands": {}},
         "paced": {"rps": 450.0, "p50_ms": 0.5, "p99_ms": 6.0, "non_2xx": 0, "statuses": {}, "reused": 0},
@@ -178,6 +192,7 @@ def _result():
         },
         "crypto": {"verify_us": 45.0, "sign_us": 19.0, "floor_per_s": 1500.0, "cpus": [0]},
         "ops": {"start": {**op, "rps": 1000.0}, "heartbeat": op},
+        "peer": {**{k: v for k, v in op.items() if k != "paced"}, "rps": 700.0, "server_cpu_us": 1400.0},
         "memory": [
             {"sessions": 100, "seed_bytes_per_session": 148.0, "store_bytes_per_session": 140.0},
             {"sessions": 1000, "seed_bytes_per_session": 148.0, "store_bytes_per_session": 200.0},
@@ -189,6 +204,7 @@ def test_targets_judge_what_the_run_measured():
     rows = {name: met for name, _, met in report.targets(_result())}
     assert rows["heartbeat ≥ 50 % of the crypto floor"]
     assert rows["start ≥ heartbeat (req/s)"]
+    assert not rows["heartbeat ≥ 1.5 × the Node peer's, same core, same run"]  # 900 against 700
     assert not rows["heartbeat p99 ≤ 5 ms at 16 connections, paced"]
     assert rows["Redis bytes per session ≤ 1.3 × seed model at 100"]
     assert not rows["Redis bytes per session ≤ 1.3 × seed model at 1,000"]
@@ -200,6 +216,42 @@ def test_table_shows_every_op_and_the_floor():
     assert "heartbeat" in text and "60.0%" in text and "600" in text
     assert "148.0 B/session" in text
     assert "MISS" in text
+    assert "peer (Node)" in text and " 1400 " in text and "25%" in text  # the kernel's share of 600 µs
+
+
+def test_a_skipped_peer_says_why():
+    result = {**_result(), "peer": {"skipped": "node not installed"}}
+    assert "peer (Node): not run, node not installed." in report.table(result)
+    assert not any("Node peer" in name for name, _, _ in report.targets(result))
+
+
+def test_scaling_table_reports_per_worker_efficiency():
+    def row(workers, rps):
+        return {
+            "workers": workers,
+            "rps": rps,
+            "efficiency": rps / (workers * 1000.0),
+            "p99_ms": 3.0,
+            "non_2xx": 0,
+            "server_cpu_us": 800.0 * workers * 1000.0 / rps,
+            "server_sys_us": 200.0,
+            "server_busy": 0.9 * workers,
+            "redis": {"cpu_us": 20.0, "round_trips": 0.3},
+        }
+
+    base = _result()
+    result = {
+        "date": base["date"],
+        "machine": base["machine"],
+        "setup": {"server": "granian", "threads": 8, "duration_s": 10, "connections_per_worker": 16},
+        "crypto": base["crypto"],
+        "scaling": [row(1, 1000.0), row(8, 7200.0)],
+    }
+    result["setup"].update(redis_cpus=[15], wrk="wrk 4")
+    text = report.table(result)
+    assert "90%" in text and "7,200" in text and "900" in text  # per worker
+    rows = {name: met for name, _, met in report.targets(result)}
+    assert rows["per-worker efficiency ≥ 85% at 8 workers"]
 
 
 @pytest.mark.http
