@@ -101,18 +101,15 @@ class Config:
     device_limit: int = _setting("CONCURRENCY_DEVICE_LIMIT", 0)  # distinct deviceIds per user; 0: no limit
     at_limit: str = _setting("CONCURRENCY_AT_LIMIT", "reject")  # or "evict-oldest"
     session_ttl_s: int = _setting("CONCURRENCY_SESSION_TTL", 60)
-    resume: bool = _setting(
-        "CONCURRENCY_RESUME", True
-    )  # re-admit a session Redis lost, while its token is valid
+    # Re-admit a session Redis lost, while its token is valid.
+    resume: bool = _setting("CONCURRENCY_RESUME", True)
     on_store_error: str = _setting("CONCURRENCY_ON_STORE_ERROR", "closed")  # "open": degraded tokens
     degraded_ttl_s: int = _setting("CONCURRENCY_DEGRADED_TTL", 45)  # a little over one heartbeat interval
     keys_dir: str = _setting("CONCURRENCY_KEYS_DIR", "keys.d")
     keys_reload_s: float = _setting("CONCURRENCY_KEYS_RELOAD", 1.0)  # between checks of the key directory
     # How late a change of the key directory may reach an instance's copy of it (a mounted secret, a sync).
     keys_propagation_s: float = _setting("CONCURRENCY_KEYS_PROPAGATION", 30.0)
-    signing_key_pem: str = _setting(
-        "CONCURRENCY_SIGNING_KEY_PEM", "", secret=True
-    )  # instead of the directory
+    signing_key_pem: str = _setting("CONCURRENCY_SIGNING_KEY_PEM", "", secret=True)  # or the directory's
     issuer: str = _setting("CONCURRENCY_ISSUER", "concurrency-service")
     audience: str = _setting("CONCURRENCY_AUDIENCE", "playback")
     token_leeway_s: int = _setting("CONCURRENCY_TOKEN_LEEWAY", 5)
@@ -130,14 +127,10 @@ class Config:
     access_log: bool = _setting("CONCURRENCY_ACCESS_LOG", False)  # one JSON line per request
     log_level: str = _setting("CONCURRENCY_LOG_LEVEL", "INFO")
     admin_token: str = _setting("CONCURRENCY_ADMIN_TOKEN", "", secret=True)  # for the management routes
-    auth: tuple[str, ...] = _setting(
-        "CONCURRENCY_AUTH", (), _names
-    )  # who may act for a user; see caller_modes
+    auth: tuple[str, ...] = _setting("CONCURRENCY_AUTH", (), _names)  # who may act for a user: caller_modes
     callers: tuple[tuple[str, str], ...] = _setting("CONCURRENCY_CALLERS", (), _callers, secret=True)
     allow_anonymous: bool = _setting("CONCURRENCY_ALLOW_ANONYMOUS", False)  # on a non-loopback address
-    user_jwks: str = _setting(
-        "CONCURRENCY_USER_JWKS", ""
-    )  # IdP's JWKS URL or file; set: starts need a user token
+    user_jwks: str = _setting("CONCURRENCY_USER_JWKS", "")  # the identity provider's JWKS, a URL or a file
     user_issuer: str = _setting("CONCURRENCY_USER_ISSUER", "")
     user_audience: str = _setting("CONCURRENCY_USER_AUDIENCE", "")
     user_algorithms: tuple[str, ...] = _setting(
@@ -147,12 +140,8 @@ class Config:
     device_limit_claim: str = _setting("CONCURRENCY_DEVICE_LIMIT_CLAIM", "dlimit")
     behaviour_claim: str = _setting("CONCURRENCY_BEHAVIOUR_CLAIM", "cbeh")
     plan_claim: str = _setting("CONCURRENCY_PLAN_CLAIM", "plan")
-    plan_limits: Mapping[str, int] = _setting(
-        "CONCURRENCY_PLAN_LIMITS", _NONE, _plan_limits
-    )  # basic=1,premium=4
-    plan_device_limits: Mapping[str, int] = _setting(
-        "CONCURRENCY_PLAN_DEVICE_LIMITS", _NONE, _plan_limits
-    )  # basic=1,premium=3
+    plan_limits: Mapping[str, int] = _setting("CONCURRENCY_PLAN_LIMITS", _NONE, _plan_limits)  # basic=1
+    plan_device_limits: Mapping[str, int] = _setting("CONCURRENCY_PLAN_DEVICE_LIMITS", _NONE, _plan_limits)
     plan_at_limit: Mapping[str, str] = _setting("CONCURRENCY_PLAN_AT_LIMIT", _NONE, _plan_behaviours)
 
     def __post_init__(self) -> None:
