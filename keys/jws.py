@@ -39,6 +39,9 @@ _PLACEHOLDER_BYTES = _PLACEHOLDER.encode()
 # Made once, as json.dumps(..., separators) is not; UTF-8 as is, so ids of any script stay compact.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# By length mod 4, the bits of the last character past the data (None: no such length in base64).
+_SPARE_BITS = (0, None, 0b1111, 0b11)
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,7 +66,7 @@ def verify(token: str, keys: Mapping[str, SigningKey]) -> dict[str, Any]:
     if not _COMPACT.fullmatch(token):
         raise InvalidJws("token is not a compact JWS (three base64url parts)")
     header_b64, payload_b64, signature_b64 = token.split(".")
-    header = _json_object(_b64decode(header_b64, "header"), "header")
+    header = _parsed_header(header_b64)
     kid = header.get("kid")
     key = keys.get(kid) if isinstance(kid, str) else None
     if key is None or header != _header(key.alg, key.kid)[0]:
@@ -77,10 +80,15 @@ def verify(token: str, keys: Mapping[str, SigningKey]) -> dict[str, Any]:
     return _json_object(payload, "payload")
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_header(segment: str) -> dict[str, Any]:
+    """Decode a header segment; all of a key's tokens carry the same one, decoded once (never mutated)."""
+    return _json_object(_b64decode(segment, "header"), "header")
+
+
 def _mac(key: SigningKey, header_b64: bytes, unsealed: bytes) -> bytes:
     """Return the MAC of a token: over its header segment and its payload with the MAC's place held."""
-    digest = hmac.new(key.mac_key, header_b64 + b"." + unsealed, "sha256").digest()
-    return b64url(digest[:MAC_BYTES])
+    return b64url(hmac.digest(key.mac_key, header_b64 + b"." + unsealed, "sha256")[:MAC_BYTES])
 
 
 def _sealed(key: SigningKey, header_b64: bytes, payload: bytes) -> bool:
@@ -110,14 +118,18 @@ def _header_problem(header: dict[str, Any], key: SigningKey | None) -> InvalidJw
 
 
 def _b64decode(segment: str, part: str) -> bytes:
-    """Decode canonical base64url only: no padding, no bits set past the data (one spelling per token)."""
+    """Decode canonical base64url only: no padding, no bits set past the data (one spelling per token).
+
+    `segment` holds base64url characters only (the caller's pattern says so)."""
+    spare = _SPARE_BITS[len(segment) % 4]
+    if spare is None:
+        raise InvalidJws(f"token {part} is not base64url")
+    if _B64URL.index(segment[-1]) & spare:
+        raise InvalidJws(f"token {part} is not canonical base64url")
     try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError):
         raise InvalidJws(f"token {part} is not base64url") from None
-    if b64url(data) != segment.encode():
-        raise InvalidJws(f"token {part} is not canonical base64url")
-    return data
 
 
 def _json_object(data: bytes, part: str) -> dict[str, Any]:
