@@ -2,10 +2,12 @@
 
 The peer (a yardstick kept outside this repository, `--peer DIR`) is one Node process: node:http,
 node:crypto, ioredis. It verifies the ES256 token of every heartbeat (no cache), refreshes the session
-with one Redis script and signs a fresh token. It runs when `node` and `npm` are installed; otherwise the
-report says why the row is missing. It is never a dependency of the service or of its tests.
+with one Redis script and signs a fresh token. It runs where `node` is installed (and `npm`, unless the
+folder holds its node_modules already); otherwise the report says why the row is missing. It is never a
+dependency of the service or of its tests.
 """
 
+import os
 import pathlib
 import shutil
 import subprocess
@@ -22,7 +24,8 @@ def unavailable(peer_dir):
         return "not asked for (--no-peer)"
     if not (pathlib.Path(peer_dir) / "peer.mjs").is_file():
         return f"no peer.mjs in {peer_dir}"
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+    installed = (pathlib.Path(peer_dir) / "node_modules").is_dir()
+    missing = [tool for tool in ("node", *(() if installed else ("npm",))) if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not installed"
     return None
@@ -43,7 +46,7 @@ class Peer:
                 raise BenchError(f"npm install of the peer failed:\n{done.stdout}\n{done.stderr}")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {"PATH": _path(), "REDIS_PORT": str(redis_port), "PORT": str(self.port)}
+        env = {"PATH": os.environ.get("PATH", ""), "REDIS_PORT": str(redis_port), "PORT": str(self.port)}
         log = workdir / "peer.log"
         self.process = Process(pinned(["node", str(self._copy / "peer.mjs")], cpus), log, env=env)
         wait_until(lambda: self._token(log) is not None, 30, "the peer's first token")
@@ -63,7 +66,3 @@ class Peer:
 
     def stop(self):
         self.process.stop()
-
-
-def _path():
-    return ":".join(str(pathlib.Path(shutil.which(tool)).parent) for tool in ("node", "npm"))

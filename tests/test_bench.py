@@ -150,7 +150,9 @@ def test_peer_runs_only_where_it_can(tmp_path, monkeypatch):
     (tmp_path / "peer.mjs").write_text("")
     monkeypatch.setattr(peer.shutil, "which", lambda tool: None if tool == "node" else "/usr/bin/" + tool)
     assert peer.unavailable(tmp_path) == "node not installed"
-    monkeypatch.setattr(peer.shutil, "which", lambda tool: "/usr/bin/" + tool)
+    monkeypatch.setattr(peer.shutil, "which", lambda tool: None if tool == "npm" else "/usr/bin/" + tool)
+    assert peer.unavailable(tmp_path) == "npm not installed"
+    (tmp_path / "node_modules").mkdir()  # installed already: npm is not needed
     assert peer.unavailable(tmp_path) is None
 
 
