@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import math
 import pathlib
+import re
 
 import pytest
 
@@ -31,6 +32,33 @@ def test_every_field_names_its_variable_in_full(field):
 def test_no_two_fields_share_a_variable():
     names = [field.metadata["env"] for field in FIELDS]
     assert len(set(names)) == len(names)
+
+
+README = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", ROOT / "infra" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def readme_settings():
+    """The variables the README's configuration table names (`_USER_AUDIENCE` short for the full name)."""
+    table = README.split("## Configuration", 1)[1].split("\n\n## ", 1)[0]
+    names = set()
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            for short in re.findall(r"`(CONCURRENCY_[A-Z0-9_]+|_[A-Z0-9_]+)`", row.split(" | ")[0]):
+                names.add(short if short.startswith("CONCURRENCY") else "CONCURRENCY" + short)
+    return names
+
+
+def test_the_readme_table_names_every_setting():
+    assert readme_settings() == {field.metadata["env"] for field in FIELDS}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: path.relative_to(ROOT).as_posix())
+def test_the_docs_name_only_real_settings(path):
+    """A variable the docs name and the code never reads is a stale sentence (CONCURRENCY_TEST_*: tests')."""
+    known = {field.metadata["env"] for field in FIELDS}
+    named = set(re.findall(r"CONCURRENCY_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+    assert {name for name in named - known if not name.startswith("CONCURRENCY_TEST_")} == set()
 
 
 def environ_uses():
