@@ -62,24 +62,20 @@ class Front:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         started = time.perf_counter()
         method, path, headers = scope.method, scope.path, scope.headers
+        rid = self._observer.begin(headers.get(REQUEST_ID_HEADER))
         try:
             body = await self._body(method, headers, proto)
         except TimeoutError:
-            proto.response_bytes(
-                408, [("content-type", "application/json"), ("connection", "close")], _TIMEOUT
-            )
-            return
+            route, answer = _route(path), _TIMEOUT
         except PayloadTooLarge as exc:
-            message = {"error": exc.code, "message": exc.message}
-            proto.response_bytes(413, [("content-type", "application/json")], _ENCODE(message).encode())
-            return
-        call = self._player_call(method, path, headers, body)
-        if call is None:
-            await self._wsgi(scope, body, proto)
-            return
-        route, coroutine = call
-        rid = self._observer.begin(headers.get(REQUEST_ID_HEADER))
-        answer = await coroutine if self._inline else await self._on_thread(coroutine)
+            route, answer = _route(path), Answer(413, {"error": exc.code, "message": exc.message})
+        else:
+            call = self._player_call(method, path, headers, body)
+            if call is None:
+                await self._wsgi(scope, body, proto, rid)
+                return
+            route, coroutine = call
+            answer = await coroutine if self._inline else await self._on_thread(coroutine)
         self._respond(proto, answer, rid)
         self._observer.end(route, method, path, answer.status, answer.media, answer.caller, started)
 
@@ -135,9 +131,10 @@ class Front:
         headers.append(("content-type", falcon.MEDIA_JSON))
         proto.response_bytes(answer.status, headers, _ENCODE(answer.media).encode())
 
-    async def _wsgi(self, scope: Any, body: bytes, proto: Any) -> None:
-        """Answer through the Falcon app on a thread of the pool."""
+    async def _wsgi(self, scope: Any, body: bytes, proto: Any, rid: str) -> None:
+        """Answer through the Falcon app on a thread of the pool, under the request id given."""
         environ = _environ(scope, body)
+        environ["HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")] = rid
         loop = asyncio.get_running_loop()
         status, headers, content = await loop.run_in_executor(self._pool, self._call_app, environ)
         proto.response_bytes(status, headers, content)
@@ -158,7 +155,15 @@ class Front:
         return started[0], started[1], content
 
 
-_TIMEOUT = _ENCODE({"error": "request_timeout", "message": "the request body came too slowly"}).encode()
+_SLOW_BODY = {"error": "request_timeout", "message": "the request body came too slowly"}
+_TIMEOUT = Answer(408, _SLOW_BODY, (("connection", "close"),))
+
+
+def _route(path: str) -> str:
+    """Return the route label of a request the front answers before any route ran."""
+    if path in (LEGACY, NATIVE):
+        return path
+    return SESSION_ROUTE if _SESSION_PATH.fullmatch(path) else "unmatched"
 
 
 def _environ(scope: Any, body: bytes) -> dict[str, Any]:

@@ -406,6 +406,23 @@ def test_chunked_body_over_the_limit_is_413(server, real_redis):
     assert redis_state(real_redis) == before
 
 
+def test_a_body_over_the_limit_is_counted_and_carries_its_request_id(server):
+    """The front answers 413 before any route runs; the answer is still traced and counted."""
+
+    def refused():
+        text = server.request("GET", "/metrics").body.decode()
+        line = 'concurrency_operations_total{operation="start",outcome="payload_too_large"}'
+        found = re.search("^" + re.escape(line) + r" (\S+)$", text, re.MULTILINE)
+        return float(found[1]) if found else 0.0
+
+    before = refused()
+    headers = {"Content-Type": "application/json", "X-Request-Id": "trace-413"}
+    answer = server.request("POST", "/concurrency", b"x" * (DEFAULTS.max_body_bytes + 1), headers)
+    assert answer.status == 413 and answer.headers["x-request-id"] == "trace-413"
+    assert json.loads(answer.body)["error"] == "payload_too_large"
+    assert refused() == before + 1
+
+
 def test_ids_at_the_length_limit_are_accepted(server, real_redis):
     limit = DEFAULTS.max_id_chars
     answer = legacy_start(server, "u" * limit, "é" * limit, "s" * limit)
