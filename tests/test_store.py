@@ -6,9 +6,10 @@ import threading
 import time
 
 import pytest
-from layout import live_sessions, stored_sessions, user_key
+from layout import live_sessions, stored_sessions, tombstones, user_key
 
 from api.errors import LimitReached, SessionGone, StoreUnavailable
+from api.lua import MAX_TOMBSTONES
 from api.sessions import Limits, Session
 from api.store import escape, unescape
 
@@ -304,6 +305,22 @@ def test_tombstones_expire(real_store, real_redis):
     time.sleep(0.4)
     real_store.admit("ann", "phone", "film", Limits(1), TTL_MS, TOMB_MS)  # the scan prunes the tombstone
     assert real_redis.hget(key, session.sid) is None
+
+
+def test_tombstones_are_capped_stopped_ones_first(real_store, real_redis):
+    """A start/stop loop cannot grow a user's hash: past MAX_TOMBSTONES the stopped ones go first, so a
+    session kicked before the loop still answers kicked."""
+    kicked = real_store.admit("ann", "tv", "film", Limits(1), TTL_MS, TOMB_MS).session
+    assert real_store.kick("ann", kicked.sid, TOMB_MS) == [kicked.sid]
+    for n in range(MAX_TOMBSTONES + 8):
+        session = real_store.admit("ann", f"phone{n}", "film", Limits(1), TTL_MS, TOMB_MS).session
+        assert real_store.release(session, TOMB_MS) is True
+    left = tombstones(real_redis)
+    assert len(left) == MAX_TOMBSTONES and left[kicked.sid] == "kicked"
+    assert list(left.values()).count("stopped") == MAX_TOMBSTONES - 1
+    with pytest.raises(SessionGone) as gone:
+        real_store.refresh(kicked, TTL_MS, far_future_ms(real_redis), 1)
+    assert gone.value.details["reason"] == "kicked"
 
 
 def test_lost_session_does_not_resume_over_the_stream_limit(store, any_redis):
