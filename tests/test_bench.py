@@ -1,12 +1,13 @@
 """The benchmark's parts that need no timing: wrk output, Redis deltas, the memory models, the report."""
 
+import asyncio
 import os
 import shutil
 
 import pytest
 
 # `bench` is a tool of this repository, not part of the installed package.
-from bench import cli, memory, peer, report, roundtrips, wrk
+from bench import cli, memory, ourcode, peer, report, roundtrips, wrk
 from bench.processes import BenchError, group_cpu_seconds, pinned, server_command
 from bench.sessions import SessionPool, read_lines
 
@@ -276,3 +277,9 @@ def test_lua_scripts_start_heartbeat_and_stop_live_sessions(server, tmp_path):
     assert stops.requests > 0 and stops.statuses.keys() == {204}
     # `reused` counts requests made, a few more than wrk completes
     assert stops.reused >= max(0, stops.requests - len(pool))
+
+
+def test_ourcode_times_heartbeats_between_two_workers():
+    """Every heartbeat of the in-process measurement is answered, its token from the worker before."""
+    figures = asyncio.run(ourcode.measure(rounds=1, calls=6))
+    assert set(figures) == {"same worker", "other worker"} and all(us > 0 for us in figures.values())
