@@ -76,7 +76,7 @@ def get_app(environ: Mapping[str, str] | None = None) -> falcon.App:
 
 
 def get_front(environ: Mapping[str, str] | None = None) -> Front:
-    """Build a worker's RSGI front from CONCURRENCY_* variables, as granian serves it (api/front.py)."""
+    """Build a worker's front from CONCURRENCY_* variables, as the asyncio server or granian serves it."""
     config, keyring = _boot(environ)
     metrics, identity, tokens = Metrics(), Identity(config), session_tokens(config, keyring)
     blocking = RedisStore(connect(config), timeout_s=config.redis_timeout_s)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     serve.add_argument("--threads", type=int, help="threads per worker (CONCURRENCY_THREADS, default 8)")
-    serve.add_argument("--server", choices=SERVERS, default="granian", help="default %(default)s")
+    serve.add_argument("--server", choices=SERVERS, default=SERVERS[0], help="default %(default)s")
     serve.add_argument("--keys-dir", help="signing keys (CONCURRENCY_KEYS_DIR)")
     serve.set_defaults(run=_serve)
 
@@ -74,8 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     with _metrics_dir():
-        run(args.server, args.bind, args.workers, config)
-    return 0
+        return run(args.server, args.bind, args.workers, config)
 
 
 def _loopback(host: str) -> bool:

@@ -1,9 +1,10 @@
-"""Each worker's HTTP front (RSGI, under granian): a slow client holds its own connection, nothing more.
+"""Each worker's HTTP front: the request id, then the player calls on the loop, the rest through Falcon.
 
-granian parses HTTP in Rust and hands each request to this worker's event loop, after cutting off a
-client that sends its headers too slowly (CONCURRENCY_HEADER_TIMEOUT). The front then reads the body on
-the loop, within CONCURRENCY_BODY_TIMEOUT (else 408) and CONCURRENCY_MAX_BODY_BYTES (else 413), so no
-thread ever waits on a client. Then:
+The default server (api/httpserver.py) reads each request whole on the worker's event loop and calls
+`handle`. Under granian this is its RSGI app: granian parses HTTP in Rust and cuts off a client that
+sends its headers too slowly (CONCURRENCY_HEADER_TIMEOUT); `__rsgi__` then reads the body on the loop,
+within CONCURRENCY_BODY_TIMEOUT (else 408) and CONCURRENCY_MAX_BODY_BYTES (else 413). Either way no thread
+ever waits on a client. Then:
 
 - the player calls (start, heartbeat and stop: nearly all the traffic) are answered by api/playback.py:
   on the loop itself over the asyncio runner (api/aio.py), or on a thread in cluster mode;
@@ -60,24 +61,36 @@ class Front:
         self._body_timeout_s = body_timeout_s
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        """granian's entry: read the body on the loop, within its time and size limits, then answer."""
         started = time.perf_counter()
+        try:
+            body = await self._body(scope.method, scope.headers, proto)
+        except TimeoutError:
+            self.refuse(scope, proto, TIMEOUT, started)
+        except PayloadTooLarge as exc:
+            self.refuse(scope, proto, too_large(exc), started)
+        else:
+            await self.handle(scope, body, proto, started)
+
+    async def handle(self, scope: Any, body: bytes, proto: Any, started: float) -> None:
+        """Answer a request whose body was read whole (api/httpserver.py reads it before calling)."""
         method, path, headers = scope.method, scope.path, scope.headers
         rid = self._observer.begin(headers.get(REQUEST_ID_HEADER))
-        try:
-            body = await self._body(method, headers, proto)
-        except TimeoutError:
-            route, answer = _route(path), _TIMEOUT
-        except PayloadTooLarge as exc:
-            route, answer = _route(path), Answer(413, {"error": exc.code, "message": exc.message})
-        else:
-            call = self._player_call(method, path, headers, body)
-            if call is None:
-                await self._wsgi(scope, body, proto, rid)
-                return
-            route, coroutine = call
-            answer = await coroutine if self._inline else await self._on_thread(coroutine)
+        call = self._player_call(method, path, headers, body)
+        if call is None:
+            await self._wsgi(scope, body, proto, rid)
+            return
+        route, coroutine = call
+        answer = await coroutine if self._inline else await self._on_thread(coroutine)
         self._respond(proto, answer, rid)
         self._observer.end(route, method, path, answer.status, answer.media, answer.caller, started)
+
+    def refuse(self, scope: Any, proto: Any, answer: Answer, started: float) -> None:
+        """Answer a request refused before any route ran (too slow, too large), counted like the others."""
+        rid = self._observer.begin(scope.headers.get(REQUEST_ID_HEADER))
+        self._respond(proto, answer, rid)
+        method, path = scope.method, scope.path
+        self._observer.end(_route(path), method, path, answer.status, answer.media, None, started)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -156,7 +169,11 @@ class Front:
 
 
 _SLOW_BODY = {"error": "request_timeout", "message": "the request body came too slowly"}
-_TIMEOUT = Answer(408, _SLOW_BODY, (("connection", "close"),))
+TIMEOUT = Answer(408, _SLOW_BODY, (("connection", "close"),))
+
+
+def too_large(exc: PayloadTooLarge) -> Answer:
+    return Answer(413, {"error": exc.code, "message": exc.message}, (("connection", "close"),))
 
 
 def _route(path: str) -> str:

@@ -1,24 +1,30 @@
-"""Run the service under granian (the default: HTTP in Rust, each worker's RSGI front, api/front.py) or
-gunicorn (the Falcon WSGI app alone, for setups with a buffering proxy in front: its threads wait on
-slow clients). Either way SIGTERM drains first (api/shutdown.py)."""
+"""Run the service under the asyncio server (the default, api/httpserver.py), granian (HTTP in Rust,
+the same front over RSGI) or gunicorn (the Falcon WSGI app alone, for setups with a buffering proxy in
+front: its threads wait on slow clients). Any way, SIGTERM drains first (api/shutdown.py)."""
 
 import threading
-import time
 from typing import Any
 
 from . import shutdown
 from .config import Config
 
-SERVERS = ("granian", "gunicorn")
+SERVERS = ("asyncio", "granian", "gunicorn")
 
 
-def run(server: str, bind: str, workers: int, config: Config) -> None:
-    """Serve on HOST:PORT until stopped."""
+def run(server: str, bind: str, workers: int, config: Config) -> int:
+    """Serve on HOST:PORT until stopped; return the exit status."""
     host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if server == "asyncio":
+        from .app import get_front
+        from .httpserver import serve
+
+        return serve(host, int(port), workers, config, get_front)
     if server == "granian":
-        _run_granian(host.strip("[]") or "127.0.0.1", int(port), workers, config)
+        _run_granian(host, int(port), workers, config)
     else:
         _run_gunicorn(bind, workers, config)
+    return 0
 
 
 def _run_granian(host: str, port: int, workers: int, config: Config) -> None:
@@ -28,7 +34,9 @@ def _run_granian(host: str, port: int, workers: int, config: Config) -> None:
 
     class Draining(MPServer):
         def signal_handler_interrupt(self, *args: Any, **kwargs: Any) -> None:
-            _drain_then(lambda: super(Draining, self).signal_handler_interrupt(*args, **kwargs), config)
+            shutdown.drain_then(
+                lambda: super(Draining, self).signal_handler_interrupt(*args, **kwargs), config.drain_s
+            )
 
     Draining(
         "api.app:get_front",
@@ -55,7 +63,7 @@ def _run_gunicorn(bind: str, workers: int, config: Config) -> None:
     class Draining(Arbiter):
         def handle_term(self) -> None:
             done = threading.Event()
-            _drain_then(done.set, config)
+            shutdown.drain_then(done.set, config.drain_s)
             done.wait()
             super().handle_term()
 
@@ -81,22 +89,6 @@ def _run_gunicorn(bind: str, workers: int, config: Config) -> None:
             Draining(self).run()
 
     Gunicorn().run()
-
-
-def _drain_then(stop: Any, config: Config) -> None:
-    """Say not ready at once; call `stop` after the drain period, on a thread (this is a signal handler).
-
-    A second signal during the drain stops at once."""
-    if shutdown.draining():
-        stop()
-        return
-    shutdown.begin()
-
-    def drain() -> None:
-        time.sleep(config.drain_s)
-        stop()
-
-    threading.Thread(target=drain, daemon=True).start()
 
 
 def _mark_worker_dead(server: Any, worker: Any) -> None:

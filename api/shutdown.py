@@ -7,6 +7,9 @@ The flag lives in memory shared by the server process and the workers it forks: 
 """
 
 import mmap
+import threading
+import time
+from collections.abc import Callable
 
 _FLAG = mmap.mmap(-1, 1)  # anonymous and shared: the forked workers see the serve process's writes
 
@@ -19,3 +22,19 @@ def draining() -> bool:
 def begin() -> None:
     """Say not ready from now on, in every worker."""
     _FLAG[0] = 1
+
+
+def drain_then(stop: Callable[[], object], drain_s: float) -> None:
+    """Say not ready at once; call `stop` after `drain_s`, on a thread (the caller is a signal handler).
+
+    A second signal during the drain stops at once."""
+    if draining():
+        stop()
+        return
+    begin()
+
+    def drain() -> None:
+        time.sleep(drain_s)
+        stop()
+
+    threading.Thread(target=drain, daemon=True).start()

@@ -23,7 +23,7 @@ POOL_MARGIN = 1.5  # stop may well be the fastest op
 @dataclasses.dataclass(frozen=True)
 class Options:
     ops: tuple = wrk.OPS
-    server: str = "granian"
+    server: str = "asyncio"
     workers: int = 2  # on the server's cores: most heartbeats reach a worker that did not sign their token
     cores: int = 1  # the server's CPUs, when pinned
     threads: int = 8  # as `serve`

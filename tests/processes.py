@@ -103,7 +103,7 @@ def request(port, method, path, body=None, headers=None, timeout_s=10):
 class ServerProcess:
     """The real `concurrency-service serve` process on a free port."""
 
-    def __init__(self, redis_url, keys_dir, workers=2, threads=4, host="127.0.0.1", **env):
+    def __init__(self, redis_url, keys_dir, workers=2, threads=4, host="127.0.0.1", server=None, **env):
         env.setdefault("drain_s", 0)  # tests stop many servers; the shutdown tests ask for a drain
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -115,6 +115,7 @@ class ServerProcess:
         }
         command = [sys.executable, "-m", "api.cli", "serve", "--bind", f"{host}:{self.port}"]
         command += ["--workers", str(workers), "--threads", str(threads)]
+        command += ["--server", server] if server else []
         self.log = tempfile.NamedTemporaryFile(prefix="concurrency-service-", suffix=".log")  # noqa: SIM115
         self._proc = subprocess.Popen(
             command, env=environ, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -141,6 +142,10 @@ class ServerProcess:
         """Return what the server has logged so far."""
         with open(self.log.name, "rb") as file:
             return file.read().decode(errors="replace")
+
+    @property
+    def pid(self):
+        return self._proc.pid
 
     def terminate(self):
         """Send SIGTERM to the server process alone, as a container runtime does to its first process."""

@@ -90,7 +90,7 @@ def _answers(port, path):
         return False
 
 
-@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+@pytest.mark.parametrize("server", ["asyncio", "granian", "gunicorn"])
 def test_serves_from_read_only_root_as_non_root_and_stops_on_sigterm(image, keys_volume, tmp_path, server):
     redis_server = RedisServer(tmp_path)
     port = free_port()

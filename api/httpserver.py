@@ -1,0 +1,583 @@
+"""The HTTP/1.1 server (the default): worker processes, each one asyncio loop parsing with httptools.
+
+httptools is llhttp, Node's HTTP parser. Each worker accepts from the one listening socket, reads each
+request whole on its loop and hands it to its front (api/front.py), which answers the player calls on
+the loop itself: no thread and no hand-off between threads on the hot path. So a slow client holds its
+own connection and nothing more, within these bounds:
+
+- its headers within CONCURRENCY_HEADER_TIMEOUT of the connection's opening, or of its previous answer
+  (so an idle keep-alive connection is closed after it too), else the connection is closed;
+- its body within CONCURRENCY_BODY_TIMEOUT once the headers came, else 408;
+- request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES (else 431), a body of at most
+  CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the connection;
+- at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
+  pipelined ones wait their turn): past it the worker stops accepting and connections wait in the listen
+  queue, of the same length.
+
+SIGTERM: the serve process says not ready and keeps serving for CONCURRENCY_DRAIN (api/server.py), then
+each worker stops accepting, closes its idle connections and gives the requests in hand
+CONCURRENCY_SHUTDOWN_TIMEOUT. A worker that dies is replaced; one that cannot boot stops the server.
+"""
+
+import asyncio
+import collections
+import contextlib
+import email.utils
+import functools
+import http
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+
+from . import shutdown
+from .config import MULTIPROC_ENV, Config
+from .errors import PayloadTooLarge
+from .front import TIMEOUT, Front, too_large
+from .playback import Answer
+
+log = logging.getLogger(__name__)
+
+BOOT_FAILED = 3  # a worker's exit status when it could not build its front
+MAX_PIPELINED = 32  # requests read ahead on one connection, waiting for the one in hand
+STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish and exit
+KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
+ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Headers:
+    """A request's headers, names in lower case, as granian's RSGI headers read."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+
+    def get(self, name: str, default: Any = None) -> Any:
+        name = name.lower()
+        for key, value in self._items:
+            if key == name:
+                return value
+        return default
+
+    def keys(self) -> list[str]:
+        return [key for key, _ in self._items]
+
+    def get_all(self, name: str) -> list[str]:
+        return [value for key, value in self._items if key == name]
+
+
+class Scope:
+    """What the front reads of a request: RSGI's scope, the fields it uses."""
+
+    __slots__ = ("method", "path", "query_string", "headers", "http_version", "server", "client", "scheme")
+
+    def __init__(
+        self, method: str, path: str, query: str, headers: Headers, version: str, server: str, client: str
+    ) -> None:
+        self.method, self.path, self.query_string, self.headers = method, path, query, headers
+        self.http_version, self.server, self.client, self.scheme = version, server, client, "http"
+
+
+class Responder:
+    """The front's way to answer one request (RSGI's `response_bytes` and `response_empty`)."""
+
+    __slots__ = ("_connection", "_head", "_keep_alive")
+
+    def __init__(self, connection: "Connection", head: bool, keep_alive: bool) -> None:
+        self._connection, self._head, self._keep_alive = connection, head, keep_alive
+
+    def response_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.response_bytes(status, headers, b"")
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        keep_alive = self._keep_alive
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), _date()]
+        length = b"%d" % len(body)
+        for name, value in headers:
+            folded = name.lower()
+            if folded == "content-length":
+                if self._head:
+                    length = value.encode("latin-1")  # a HEAD answer's: that of the GET
+                continue
+            if folded == "connection":
+                keep_alive = keep_alive and value.lower() != "close"
+                continue
+            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        if status not in _NO_BODY_STATUSES:
+            lines.append(b"content-length: %s\r\n" % length)
+        lines.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        if not self._head and status not in _NO_BODY_STATUSES:
+            lines.append(body)
+        self._connection.answer(b"".join(lines), keep_alive)
+
+
+_date_line: dict[int, bytes] = {}
+
+
+def _date() -> bytes:
+    """The Date header line, formatted once a second."""
+    now = int(time.time())
+    line = _date_line.get(now)
+    if line is None:
+        _date_line.clear()
+        line = _date_line[now] = b"date: %s\r\n" % email.utils.formatdate(now, usegmt=True).encode()
+    return line
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse requests, answer them one at a time, in order, within the limits."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self._worker = worker
+        self._loop = worker.loop
+        self._front = worker.front
+        self._config = worker.config
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._server, self._client = "", ""
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._head_bytes = 0  # read since the last request's headers came
+        self._head_size = 0  # of the request being read: its URL and headers as parsed
+        self._body_bytes = 0
+        self._in_headers = True
+        self._started = 0.0
+        self._waiting: collections.deque[tuple[Scope, bytes, Responder, float]] = collections.deque()
+        self._busy = False  # a request is in hand
+        self._answered = False  # the one in hand was answered
+        self._writable = True
+        self._last = False  # no request after those read: an upgrade came
+        self._closing = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+
+    def itself(self) -> "Connection":
+        """The protocol factory of an accepted socket."""
+        return self
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = _address(transport.get_extra_info("peername"))
+        self._wait_for_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_timers()
+        self._worker.closed(self)
+
+    def pause_writing(self) -> None:
+        """The client does not read its answers: give it the body timeout to start again."""
+        self._writable = False
+        self._write_timer = self._loop.call_later(self._config.body_timeout_s, self.close)
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        self._next()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._last:
+            return
+        if self._in_headers:  # bytes since the last request's headers: at most the limit, else 431
+            room = self._config.max_header_bytes - self._head_bytes
+            if len(data) > room:
+                self._feed(data[:room])
+                if self._in_headers and not (self._closing or self._last):
+                    self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
+                    return
+                data = data[room:]
+            else:
+                self._head_bytes += len(data)
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if self._closing or self._last:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._last = True  # what follows is not HTTP/1.1: answer what came, then close
+            self._next()
+        except _Refused:
+            pass
+        except httptools.HttpParserError as exc:
+            self._refuse_raw(400, "bad_request", f"malformed HTTP request: {_reason(exc)}")
+
+    # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body, self._body_bytes = b"", [], [], 0
+        self._in_headers, self._head_size = True, 0
+        self._started = time.perf_counter()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        """The parsed request line and headers, whatever the reads: at most the limit, else 431."""
+        self._head_size += size
+        if self._head_size > self._config.max_header_bytes:
+            self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
+            raise _Refused
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._head_bytes = 0
+        self._cancel_timers()
+        self._timer = self._loop.call_later(self._config.body_timeout_s, self._body_too_slow)
+        length = Headers(self._headers).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._config.max_body_bytes:
+            self._refuse(too_large(_too_large(self._config.max_body_bytes)))
+            raise _Refused  # feed_data stops here
+        if self._transport is not None and Headers(self._headers).get("expect", "").lower() == "100-continue":
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._config.max_body_bytes:
+            self._refuse(too_large(_too_large(self._config.max_body_bytes)))
+            raise _Refused
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_timers()
+        self._in_headers = True  # the next request's, from here
+        scope = self._scope()
+        responder = Responder(self, scope.method == "HEAD", self._parser.should_keep_alive())
+        self._waiting.append((scope, b"".join(self._body), responder, self._started))
+        if len(self._waiting) > MAX_PIPELINED:
+            self.close()
+            raise _Refused
+        self._next()
+
+    # answering
+
+    def _next(self) -> None:
+        """Start the next request read, when none is in hand and the client reads its answers."""
+        if self._busy or not self._writable or self._closing:
+            return
+        if not self._waiting:
+            if self._last or self._worker.stopping:
+                self.close()
+            return
+        self._busy, self._answered = True, False
+        scope, body, responder, started = self._waiting.popleft()
+        task = self._loop.create_task(self._front.handle(scope, body, responder, started))
+        task.add_done_callback(self._handled)
+
+    def _handled(self, task: "asyncio.Task[None]") -> None:
+        self._busy = False
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("a request failed", exc_info=error)
+            if not self._answered:
+                self._refuse_raw(500, "internal_error", "the server failed to answer")
+            self.close()
+            return
+        if not self._waiting and not self._closing:
+            self._wait_for_headers()
+        self._next()
+
+    def answer(self, data: bytes, keep_alive: bool) -> None:
+        """Send one answer; close the connection after it unless another request may follow."""
+        self._answered = True
+        if self._closing or self._transport is None:
+            return
+        self._transport.write(data)
+        if not keep_alive:
+            self.close()
+
+    @property
+    def idle(self) -> bool:
+        """No request in hand, waiting, or partly read."""
+        return not self._busy and not self._waiting and self._in_headers and self._head_bytes == 0
+
+    def close(self) -> None:
+        self._closing = True
+        self._waiting.clear()
+        self._cancel_timers()
+        if self._transport is not None:
+            self._transport.close()
+
+    # limits
+
+    def _wait_for_headers(self) -> None:
+        self._cancel_timers()
+        self._timer = self._loop.call_later(self._config.header_timeout_s, self.close)
+
+    def _body_too_slow(self) -> None:
+        self._timer = None
+        self._refuse(TIMEOUT)
+
+    def _refuse(self, answer: Answer) -> None:
+        """Answer a request refused once its headers came (through the front, so counted), and close."""
+        if not self._closing:
+            self._front.refuse(self._scope(), Responder(self, False, False), answer, self._started)
+        self.close()
+
+    def _refuse_raw(self, status: int, code: str, message: str) -> None:
+        """Answer what cannot be read as a request, then close."""
+        if self._transport is not None and not self._closing:
+            body = json.dumps({"error": code, "message": message}).encode()
+            self._transport.write(
+                b"HTTP/1.1 %d %s\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, _REASONS[status], _date(), len(body), body)
+            )
+        self.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._write_timer = None
+
+    def _scope(self) -> Scope:
+        parser = self._parser
+        try:
+            url = httptools.parse_url(self._url)
+            path, query = url.path, url.query or b""
+        except httptools.HttpParserInvalidURLError:
+            path, query = self._url, b""
+        if b"%" in path:
+            path = urllib.parse.unquote_to_bytes(path)
+        return Scope(
+            parser.get_method().decode("latin-1"),
+            path.decode("utf-8", "replace"),  # as granian: the percent-decoded path, as text
+            query.decode("latin-1"),
+            Headers(self._headers),
+            parser.get_http_version(),
+            self._server,
+            self._client,
+        )
+
+
+class _Refused(Exception):
+    """Raised from a parser callback: the request was refused and the connection is closing."""
+
+
+class Worker:
+    """One worker process's loop: accept connections up to the limit; on SIGTERM, finish and stop."""
+
+    def __init__(self, listener: socket.socket, front: Front, config: Config) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.front, self.config = front, config
+        self.stopping = False
+        self._listener = listener
+        self._connections: set[Connection] = set()
+        self._accepting = False
+        self._stopped = self.loop.create_future()
+
+    async def run(self) -> None:
+        """Serve until SIGTERM, then until the connections are done or the shutdown timeout passed."""
+        self._listener.setblocking(False)
+        self._accept_again()
+        self.loop.add_signal_handler(STOP_SIGNAL, self.stop)
+        self._watch_parent(os.getppid())
+        await self._stopped
+
+    def _watch_parent(self, parent: int) -> None:
+        if os.getppid() != parent:
+            log.warning("the serve process is gone; stopping")
+            self.stop()
+        elif not self.stopping:
+            self.loop.call_later(ORPHAN_CHECK_S, self._watch_parent, parent)
+
+    def closed(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        if self.stopping:
+            if not self._connections and not self._stopped.done():
+                self._stopped.set_result(None)
+        elif not self._accepting:
+            self._accept_again()
+
+    def stop(self) -> None:
+        """Stop accepting, close idle connections, give the others the shutdown timeout."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop_accepting()
+        for connection in list(self._connections):
+            if connection.idle:
+                connection.close()
+        if not self._connections:
+            self._stopped.set_result(None)
+            return
+        self.loop.call_later(self.config.shutdown_timeout_s, self._give_up)
+
+    def _give_up(self) -> None:
+        if not self._stopped.done():
+            log.warning("%d connection(s) still busy after the shutdown timeout", len(self._connections))
+            self._stopped.set_result(None)
+
+    def _accept_again(self) -> None:
+        self._accepting = True
+        self.loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _stop_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            self.loop.remove_reader(self._listener.fileno())
+
+    def _accept(self) -> None:
+        while len(self._connections) < self.config.max_requests:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: try again when a connection closes
+                log.warning("cannot accept a connection: %s", exc)
+                break
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            connection = Connection(self)
+            self._connections.add(connection)
+            opening = self.loop.create_task(self.loop.connect_accepted_socket(connection.itself, sock))
+            opening.add_done_callback(functools.partial(self._opened, connection))
+        self._stop_accepting()  # until a connection closes
+
+    def _opened(self, connection: Connection, task: "asyncio.Task[Any]") -> None:
+        if task.cancelled() or task.exception() is not None:
+            self.closed(connection)
+
+
+def serve(host: str, port: int, workers: int, config: Config, front: Callable[[], Front]) -> int:
+    """Listen on host:port and run `workers` worker processes, each serving `front()`, until stopped.
+
+    SIGTERM and SIGINT drain first (api/shutdown.py), then stop the workers. Return the exit status."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, port), family=family, backlog=config.max_requests) as listener:
+        return _Supervisor(listener, config, front).run(workers)
+
+
+class _Supervisor:
+    """The serve process: start the workers, replace those that die, stop them all when told."""
+
+    def __init__(self, listener: socket.socket, config: Config, factory: Callable[[], Front]) -> None:
+        self._listener, self._config, self._factory = listener, config, factory
+        self._children: dict[int, float] = {}  # pid: when it started
+        self._stopping = threading.Event()
+
+    def run(self, workers: int) -> int:
+        for _ in range(workers):
+            self._spawn()
+
+        def drain(*_: object) -> None:
+            shutdown.drain_then(self._stop, self._config.drain_s)
+
+        previous = {sig: signal.signal(sig, drain) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._supervise()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _supervise(self) -> int:
+        status = 0
+        while self._children:
+            pid, code = os.wait()
+            started = self._children.pop(pid, None)
+            if started is None:
+                continue
+            _mark_dead(pid)
+            code = os.waitstatus_to_exitcode(code)
+            if self._stopping.is_set():
+                continue
+            if code == BOOT_FAILED:
+                print(f"concurrency-service: worker {pid} could not start; stopping", file=sys.stderr)
+                status = 1
+                self._stop()
+                continue
+            log.warning("worker %d exited (status %d); starting another", pid, code)
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))  # one that dies at once: not a loop
+            if not self._stopping.is_set():
+                self._spawn()
+        return status
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_work(self._listener, self._config, self._factory))
+        self._children[pid] = time.monotonic()
+
+    def _stop(self) -> None:
+        """Tell every worker to finish (STOP_SIGNAL); kill those still running past the shutdown timeout."""
+        self._stopping.set()
+        self._signal_all(STOP_SIGNAL)
+        kill_at = self._config.shutdown_timeout_s + KILL_AFTER_S
+        killer = threading.Timer(kill_at, self._signal_all, (signal.SIGKILL,))
+        killer.daemon = True
+        killer.start()
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self._children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+def _work(listener: socket.socket, config: Config, factory: Callable[[], Front]) -> int:
+    """A worker process's life: build the front, serve until told to stop, return the exit status.
+
+    A worker ignores SIGTERM and SIGINT: the serve process gets them too (a process group's Ctrl-C,
+    systemd's control-group kill) and drains before it sends STOP_SIGNAL."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        front = factory()
+    except Exception:
+        log.exception("the worker could not start")
+        return BOOT_FAILED
+
+    async def main() -> None:
+        await Worker(listener, front, config).run()
+
+    try:
+        asyncio.run(main())
+    finally:
+        front.close()
+    return 0
+
+
+def _mark_dead(pid: int) -> None:
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+def _address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
+        return f"{host}:{address[1]}"
+    return ""
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than {limit} bytes")

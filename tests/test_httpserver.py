@@ -1,0 +1,307 @@
+"""The default HTTP server (api/httpserver.py), over raw sockets against the real process and Redis.
+
+HTTP/1.1 as clients and load balancers use it (keep-alive, pipelining, chunked bodies, 100-continue,
+HTTP/1.0), the bounds a hostile client meets (header size, idle connections, connections per worker, read
+ahead), and the process model (a worker that dies is replaced; one that cannot boot stops the server).
+"""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from players import new_user
+from processes import ServerProcess, wait_until
+
+from api.config import Config
+from api.httpserver import BOOT_FAILED, MAX_PIPELINED, Worker, serve
+
+pytestmark = [pytest.mark.http, pytest.mark.redis]
+
+IDLE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(redis_server, keys_dir):
+    process = ServerProcess(redis_server.url, keys_dir, workers=1, header_timeout_s=IDLE_S, max_requests=4)
+    yield process
+    process.stop()
+
+
+def connect(server):
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    return sock
+
+
+def read_answers(sock, count):
+    """Read `count` answers off the socket; return [(status, headers, body)]."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(answers)} answer(s): {data!r}")
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", 0))
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in a body")
+            data += chunk
+        answers.append((status, headers, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def closed(sock, timeout_s=5.0):
+    """Whether the server closed the connection (EOF or reset) within the timeout, reading what it sent."""
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def start_request(user, version="1.1", extra=""):
+    body = json.dumps({"userId": user, "deviceId": "tv", "streamId": "film"}).encode()
+    head = (
+        f"POST /v1/sessions HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
+
+
+def test_keep_alive_serves_requests_one_after_another(server):
+    with connect(server) as sock:
+        for _ in range(3):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            ((status, headers, body),) = read_answers(sock, 1)
+            assert status == 200 and json.loads(body) == {"status": "ok"}
+            assert headers["content-type"] == "application/json" and "date" in headers
+            assert "connection" not in headers
+
+
+def test_pipelined_requests_are_answered_in_order(server):
+    user = new_user("pipeline")
+    with connect(server) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + start_request(user) + b"GET /nope HTTP/1.1\r\n\r\n"
+        )
+        statuses = [status for status, _, _ in read_answers(sock, 3)]
+    assert statuses == [200, 201, 404]
+
+
+def test_http_1_0_gets_its_answer_then_the_connection_closes(server):
+    with connect(server) as sock:
+        sock.sendall(start_request(new_user("old"), version="1.0"))
+        ((status, headers, body),) = read_answers(sock, 1)
+        assert status == 201 and json.loads(body)["status"] == "initiated"
+        assert headers["connection"] == "close"
+        assert closed(sock)
+
+
+def test_connection_close_is_honoured(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ((status, headers, _),) = read_answers(sock, 1)
+        assert status == 200 and headers["connection"] == "close"
+        assert closed(sock)
+
+
+def test_a_chunked_body_is_read_whole(server):
+    body = json.dumps({"userId": new_user("chunked"), "deviceId": "tv", "streamId": "film"}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n"
+    head = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(server) as sock:
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+        ((status, _, answer),) = read_answers(sock, 1)
+    assert status == 201, answer
+
+
+def test_expect_100_continue_gets_a_continue_before_the_body(server):
+    request = start_request(new_user("expect"), extra="Expect: 100-continue\r\n")
+    head, _, body = request.partition(b"\r\n\r\n")
+    with connect(server) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        ((status, _, _),) = read_answers(sock, 1)
+        assert status == 100
+        sock.sendall(body)
+        ((status, _, _),) = read_answers(sock, 1)
+        assert status == 201
+
+
+@pytest.mark.parametrize("pieces", [1, 64], ids=["one-write", "in-pieces"])
+def test_headers_over_the_limit_get_431_and_a_close(server, pieces):
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * Config().max_header_bytes + b"\r\n\r\n"
+    with connect(server) as sock:
+        step = len(head) // pieces + 1
+        try:
+            for i in range(0, len(head), step):
+                sock.sendall(head[i : i + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before the last piece
+        ((status, headers, body),) = read_answers(sock, 1)
+        assert status == 431 and headers["connection"] == "close"
+        assert json.loads(body)["error"] == "headers_too_large"
+        assert closed(sock)
+
+
+def test_headers_just_under_the_limit_are_served(server):
+    filler = Config().max_header_bytes - 200
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * filler + b"\r\n\r\n")
+        ((status, _, _),) = read_answers(sock, 1)
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"NOT HTTP\r\n\r\n", b"GET /healthz HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"],
+    ids=["garbage", "bad-length", "bad-version"],
+)
+def test_malformed_requests_get_400_and_a_close(server, raw):
+    with connect(server) as sock:
+        sock.sendall(raw)
+        ((status, headers, body),) = read_answers(sock, 1)
+        assert status == 400 and headers["connection"] == "close"
+        assert json.loads(body)["error"] == "bad_request"
+        assert closed(sock)
+
+
+def test_an_idle_connection_is_closed_after_the_header_timeout(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_answers(sock, 1)
+        opened = time.monotonic()
+        assert closed(sock, timeout_s=IDLE_S + 3)
+        assert IDLE_S - 0.2 < time.monotonic() - opened < IDLE_S + 2
+
+
+def test_a_worker_takes_no_more_connections_than_its_limit(server):
+    """max_requests=4, one worker: a fifth connection waits in the listen queue until one of four closes."""
+    waiting = []
+    held = [connect(server) for _ in range(4)]
+    try:
+        for sock in held:  # each has been accepted: it is answered
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_answers(sock, 1)
+        waiting = connect(server)
+        waiting.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        waiting.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            waiting.recv(1)
+        held.pop().close()
+        waiting.settimeout(5)
+        ((status, _, _),) = read_answers(waiting, 1)
+        assert status == 200
+    finally:
+        for sock in [*held, waiting] if waiting else held:
+            sock.close()
+
+
+def test_a_client_that_reads_nothing_cannot_queue_unbounded_requests(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_PIPELINED + 10))
+        assert closed(sock)
+    assert server.request("GET", "/healthz").status == 200
+
+
+def test_an_upgrade_request_is_answered_then_the_connection_closes(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\nPRI *")
+        ((status, _, _),) = read_answers(sock, 1)
+        assert status == 200
+        assert closed(sock)
+
+
+def workers_of(pid):
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(line) for line in found.stdout.split()]
+
+
+def test_a_worker_that_dies_is_replaced(redis_server, keys_dir):
+    process = ServerProcess(redis_server.url, keys_dir, workers=2)
+    try:
+        wait_until(lambda: len(workers_of(process.pid)) == 2, what="two workers")
+        victim = workers_of(process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(workers_of(process.pid)) == 2 and victim not in workers_of(process.pid),
+            what="a new worker",
+        )
+        for _ in range(10):
+            assert process.request("GET", "/healthz").status == 200
+        assert re.search(rf"worker {victim} exited", process.output())
+    finally:
+        process.stop()
+
+
+def test_a_worker_that_cannot_boot_stops_the_server(keys_dir):
+    def broken():
+        raise RuntimeError("no front today")
+
+    config = Config(keys_dir=keys_dir, drain_s=0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert BOOT_FAILED != 0
+    assert serve("127.0.0.1", port, 2, config, broken) == 1
+
+
+class Failing:
+    """A front whose handler raises: the server answers 500 and closes, and keeps serving others."""
+
+    async def handle(self, scope, body, responder, started):
+        if scope.path == "/boom":
+            raise RuntimeError("boom")
+        responder.response_bytes(200, [("content-type", "text/plain")], b"fine")
+
+    def refuse(self, scope, responder, answer, started):
+        responder.response_bytes(answer.status, [], json.dumps(answer.media).encode())
+
+
+def test_a_failing_handler_gets_500_not_a_hang():
+    async def scenario():
+        listener = socket.create_server(("127.0.0.1", 0))
+        worker = Worker(listener, Failing(), Config())
+        serving = asyncio.ensure_future(worker.run())
+        port = listener.getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()  # until the server closes
+        reader2, writer2 = await asyncio.open_connection("127.0.0.1", port)
+        writer2.write(b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        other = await reader2.read()
+        worker.stop()
+        await serving
+        writer.close()
+        writer2.close()
+        listener.close()
+        return answer, other
+
+    answer, other = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 500 ") and b'"internal_error"' in answer
+    assert other.startswith(b"HTTP/1.1 200 ") and other.endswith(b"fine")
+
+
+def test_the_path_is_percent_decoded_before_routing(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /health%7A HTTP/1.1\r\nHost: x\r\n\r\n")
+        ((status, _, body),) = read_answers(sock, 1)
+    assert status == 200 and json.loads(body) == {"status": "ok"}
