@@ -52,9 +52,15 @@ class Player(threading.Thread):
             time.sleep(0.02)
 
 
-def test_sigterm_drains_then_exits_without_cutting_an_answer(redis_server, keys_dir):
+@pytest.mark.parametrize("server_name", ["asyncio", "granian", "gunicorn"])
+def test_sigterm_drains_then_exits_without_cutting_an_answer(redis_server, keys_dir, server_name):
     server = ServerProcess(
-        redis_server.url, keys_dir, workers=2, drain_s=DRAIN_S, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S
+        redis_server.url,
+        keys_dir,
+        workers=2,
+        server=server_name,
+        drain_s=DRAIN_S,
+        shutdown_timeout_s=SHUTDOWN_TIMEOUT_S,
     )
     stopping = threading.Event()
     players = [Player(server, stopping) for _ in range(8)]
@@ -78,7 +84,7 @@ def test_sigterm_drains_then_exits_without_cutting_an_answer(redis_server, keys_
         server.stop()
 
     took = f"not ready after {not_ready_after * 1000:.0f} ms, exit {status} after {exited_after:.2f} s"
-    print(f"\n[shutdown] {took}")
+    print(f"\n[shutdown, {server_name}] {took}")
     assert status == 0
     assert DRAIN_S <= exited_after < DRAIN_S + SHUTDOWN_TIMEOUT_S
     for player in players:
