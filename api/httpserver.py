@@ -152,6 +152,8 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._head_bytes = 0  # read since the last request's headers came
         self._head_size = 0  # of the request being read: its URL and headers as parsed
+        self._length = 0  # its Content-Length
+        self._continue = False  # it expects 100 Continue
         self._body_bytes = 0
         self._in_headers = True
         self._started = 0.0
@@ -161,8 +163,12 @@ class Connection(asyncio.Protocol):
         self._writable = True
         self._last = False  # no request after those read: an upgrade came
         self._closing = False
+        # One deadline at a time (headers, body, or a stalled reader), checked by one timer that is moved
+        # only when it fires early: a request costs two float writes, not two timers.
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._write_timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def itself(self) -> "Connection":
         """The protocol factory of an accepted socket."""
@@ -174,23 +180,25 @@ class Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._server = _address(transport.get_extra_info("sockname"))
         self._client = _address(transport.get_extra_info("peername"))
-        self._wait_for_headers()
+        self._expect(self._config.header_timeout_s, self.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timers()
+        self._cancel_timer()
         self._worker.closed(self)
 
     def pause_writing(self) -> None:
-        """The client does not read its answers: give it the body timeout to start again."""
+        """The client does not read its answers: it has the body timeout to start again, then two more to
+        read what was written before a reset."""
         self._writable = False
-        self._write_timer = self._loop.call_later(self._config.body_timeout_s, self.close)
+        self._expect(self._config.body_timeout_s, self.close)
 
     def resume_writing(self) -> None:
         self._writable = True
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
+        self._on_deadline = None
+        if not self._in_headers:  # a body was coming in: its deadline again
+            self._expect(self._config.body_timeout_s, self._body_too_slow)
+        self._waiting_for_headers()
         self._next()
 
     def data_received(self, data: bytes) -> None:
@@ -225,7 +233,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._url, self._headers, self._body, self._body_bytes = b"", [], [], 0
-        self._in_headers, self._head_size = True, 0
+        self._in_headers, self._head_size, self._length, self._continue = True, 0, 0, False
         self._started = time.perf_counter()
 
     def on_url(self, url: bytes) -> None:
@@ -233,8 +241,13 @@ class Connection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        folded = name.decode("latin-1").lower()
+        self._headers.append((folded, value.decode("latin-1")))
         self._count_head(len(name) + len(value) + 4)
+        if folded == "content-length" and value.isdigit():
+            self._length = int(value)
+        elif folded == "expect":
+            self._continue = value.lower() == b"100-continue"
 
     def _count_head(self, size: int) -> None:
         """The parsed request line and headers, whatever the reads: at most the limit, else 431."""
@@ -246,13 +259,11 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._head_bytes = 0
-        self._cancel_timers()
-        self._timer = self._loop.call_later(self._config.body_timeout_s, self._body_too_slow)
-        length = Headers(self._headers).get("content-length")
-        if length is not None and length.isdigit() and int(length) > self._config.max_body_bytes:
+        self._expect(self._config.body_timeout_s, self._body_too_slow)
+        if self._length > self._config.max_body_bytes:
             self._refuse(too_large(_too_large(self._config.max_body_bytes)))
             raise _Refused  # feed_data stops here
-        if self._transport is not None and Headers(self._headers).get("expect", "").lower() == "100-continue":
+        if self._continue and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -263,7 +274,7 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._cancel_timers()
+        self._on_deadline = None
         self._in_headers = True  # the next request's, from here
         scope = self._scope()
         responder = Responder(self, scope.method == "HEAD", self._parser.should_keep_alive())
@@ -297,8 +308,7 @@ class Connection(asyncio.Protocol):
                 self._refuse_raw(500, "internal_error", "the server failed to answer")
             self.close()
             return
-        if not self._waiting and not self._closing:
-            self._wait_for_headers()
+        self._waiting_for_headers()
         self._next()
 
     def answer(self, data: bytes, keep_alive: bool) -> None:
@@ -316,20 +326,46 @@ class Connection(asyncio.Protocol):
         return not self._busy and not self._waiting and self._in_headers and self._head_bytes == 0
 
     def close(self) -> None:
+        """Close once what was written has gone out; reset if the client leaves it unread for the body
+        timeout."""
         self._closing = True
         self._waiting.clear()
-        self._cancel_timers()
-        if self._transport is not None:
+        self._cancel_timer()
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+            if self._transport.get_write_buffer_size():
+                self._loop.call_later(self._config.body_timeout_s, self._transport.abort)
 
     # limits
 
-    def _wait_for_headers(self) -> None:
-        self._cancel_timers()
-        self._timer = self._loop.call_later(self._config.header_timeout_s, self.close)
+    def _waiting_for_headers(self) -> None:
+        """After an answer: the next request's headers are due within the header timeout."""
+        if not (self._waiting or self._busy or self._closing):
+            self._expect(self._config.header_timeout_s, self.close)
+
+    def _expect(self, within_s: float, otherwise: Callable[[], None]) -> None:
+        """Call `otherwise` unless another deadline replaces this one within `within_s`."""
+        self._deadline = self._loop.time() + within_s
+        self._on_deadline = otherwise
+        if self._timer is None or self._deadline < self._timer_at:
+            self._arm()
+
+    def _arm(self) -> None:
+        self._cancel_timer()
+        self._timer_at = self._deadline
+        self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._on_deadline is None or self._closing:
+            return
+        if self._loop.time() >= self._deadline:
+            action, self._on_deadline = self._on_deadline, None
+            action()
+        else:
+            self._arm()
 
     def _body_too_slow(self) -> None:
-        self._timer = None
         self._refuse(TIMEOUT)
 
     def _refuse(self, answer: Answer) -> None:
@@ -348,11 +384,10 @@ class Connection(asyncio.Protocol):
             )
         self.close()
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._write_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._write_timer = None
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _scope(self) -> Scope:
         parser = self._parser

@@ -19,7 +19,7 @@ from players import new_user
 from processes import ServerProcess, wait_until
 
 from api.config import Config
-from api.httpserver import BOOT_FAILED, MAX_PIPELINED, Worker, serve
+from api.httpserver import BOOT_FAILED, MAX_PIPELINED, Connection, Worker, serve
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -28,7 +28,9 @@ IDLE_S = 1.0
 
 @pytest.fixture(scope="module")
 def server(redis_server, keys_dir):
-    process = ServerProcess(redis_server.url, keys_dir, workers=1, header_timeout_s=IDLE_S, max_requests=4)
+    process = ServerProcess(
+        redis_server.url, keys_dir, workers=1, header_timeout_s=IDLE_S, body_timeout_s=IDLE_S, max_requests=4
+    )
     yield process
     process.stop()
 
@@ -220,6 +222,74 @@ def test_a_client_that_reads_nothing_cannot_queue_unbounded_requests(server):
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_PIPELINED + 10))
         assert closed(sock)
     assert server.request("GET", "/healthz").status == 200
+
+
+def test_a_client_that_stops_reading_is_reset(server):
+    """A client that sends requests for the 58 KB contract and reads nothing: the server stops writing
+    when its buffers fill, then resets the connection, answers unread, within the body timeouts."""
+    one = len(server.request("GET", "/openapi.yaml").body)
+    sent = 0
+    with connect(server) as sock:
+        try:
+            for _ in range(150):  # ~9 MB of answers: more than loopback's socket buffers hold
+                sock.sendall(b"GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n")
+                sent += 1
+                time.sleep(0.005)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        time.sleep(2 * IDLE_S + 1)
+        received, reset = 0, False
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            reset = True
+    assert reset and received < sent * one
+    assert server.request("GET", "/healthz").status == 200
+
+
+class StuckTransport(asyncio.Transport):
+    """A transport whose peer reads nothing: what is written stays buffered."""
+
+    def __init__(self):
+        super().__init__()
+        self.closing = self.aborted = False
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1)
+
+    def write(self, data):
+        pass
+
+    def get_write_buffer_size(self):
+        return 1 << 20
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_a_connection_closed_with_unread_answers_is_reset_after_the_body_timeout():
+    async def scenario():
+        listener = socket.create_server(("127.0.0.1", 0))
+        worker = Worker(listener, Failing(), Config(body_timeout_s=0.2))
+        connection, transport = Connection(worker), StuckTransport()
+        connection.connection_made(transport)
+        connection.data_received(b"GET /fine HTTP/1.1\r\nConnection: close\r\n\r\n")
+        await asyncio.sleep(0.1)
+        aborted_early = transport.aborted
+        await asyncio.sleep(0.3)
+        listener.close()
+        return transport.closing, aborted_early, transport.aborted
+
+    closing, aborted_early, aborted = asyncio.run(scenario())
+    assert closing and not aborted_early and aborted
 
 
 def test_an_upgrade_request_is_answered_then_the_connection_closes(server):
