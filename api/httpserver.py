@@ -52,6 +52,7 @@ MAX_PIPELINED = 32  # requests read ahead on one connection, waiting for the one
 STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish and exit
 KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
 ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
+ACCEPT_RETRY_S = 0.1  # after accept() failed (out of file descriptors): the pause before trying again
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -445,8 +446,8 @@ class Worker:
         if self.stopping:
             if not self._connections and not self._stopped.done():
                 self._stopped.set_result(None)
-        elif not self._accepting:
-            self._accept_again()
+        else:
+            self._resume_accepting()
 
     def stop(self) -> None:
         """Stop accepting, close idle connections, give the others the shutdown timeout."""
@@ -477,22 +478,29 @@ class Worker:
             self.loop.remove_reader(self._listener.fileno())
 
     def _accept(self) -> None:
-        while len(self._connections) < self.config.max_requests:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of file descriptors, say: try again when a connection closes
-                log.warning("cannot accept a connection: %s", exc)
-                break
-            sock.setblocking(False)
-            if sock.family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            connection = Connection(self)
-            self._connections.add(connection)
-            opening = self.loop.create_task(self.loop.connect_accepted_socket(connection.itself, sock))
-            opening.add_done_callback(functools.partial(self._opened, connection))
-        self._stop_accepting()  # until a connection closes
+        """Take one connection: the workers wake together, so the least busy one tends to get the next."""
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:  # out of file descriptors, say: pause, then try again
+            log.warning("cannot accept a connection: %s", exc)
+            self._stop_accepting()
+            self.loop.call_later(ACCEPT_RETRY_S, self._resume_accepting)
+            return
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(self)
+        self._connections.add(connection)
+        opening = self.loop.create_task(self.loop.connect_accepted_socket(connection.itself, sock))
+        opening.add_done_callback(functools.partial(self._opened, connection))
+        if len(self._connections) >= self.config.max_requests:
+            self._stop_accepting()  # until a connection closes
+
+    def _resume_accepting(self) -> None:
+        if not (self.stopping or self._accepting):
+            self._accept_again()
 
     def _opened(self, connection: Connection, task: "asyncio.Task[Any]") -> None:
         if task.cancelled() or task.exception() is not None:

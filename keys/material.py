@@ -4,6 +4,7 @@ import base64
 import dataclasses
 import functools
 import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -78,6 +79,16 @@ class SigningKey:
         secret = pem_of(self.private_key)
         hkdf = HKDF(_SHA256, 32, salt=MAC_SALT, info=self.kid.encode())
         return hkdf.derive(secret)
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of `data` under `mac_key`."""
+        mac = self._mac_start.copy()  # the key's pads hashed once, not per call
+        mac.update(data)
+        return mac.digest()
+
+    @functools.cached_property
+    def _mac_start(self) -> hmac.HMAC:
+        return hmac.new(self.mac_key, digestmod=hashlib.sha256)
 
     @functools.cached_property
     def signature_bytes(self) -> int:
