@@ -1,9 +1,10 @@
 """The HTTP/1.1 server (the default): worker processes, each one asyncio loop parsing with httptools.
 
-httptools is llhttp, Node's HTTP parser. Each worker accepts from the one listening socket, reads each
-request whole on its loop and hands it to its front (api/front.py), which answers the player calls on
-the loop itself: no thread and no hand-off between threads on the hot path. So a slow client holds its
-own connection and nothing more, within these bounds:
+httptools is llhttp, Node's HTTP parser. The workers accept from the one listening socket, one
+connection per wake-up so that they share the connections. Each reads every request whole on its loop
+and hands it to its front (api/front.py), which answers the player calls on the loop itself: no thread
+and no hand-off between threads on the hot path. A slow client holds its own connection and nothing
+more, within these bounds:
 
 - its headers within CONCURRENCY_HEADER_TIMEOUT of the connection's opening, or of its previous answer
   (so an idle keep-alive connection is closed after it too), else the connection is closed;
@@ -11,10 +12,12 @@ own connection and nothing more, within these bounds:
 - request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES (else 431), a body of at most
   CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the connection;
 - at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
-  pipelined ones wait their turn): past it the worker stops accepting and connections wait in the listen
-  queue, of the same length.
+  pipelined ones wait their turn, 32 at most): past it the worker stops accepting and connections wait
+  in the listen queue, of the same length;
+- a client that stops reading its answers has the body timeout to start again, and one that leaves a
+  closing connection's last answers unread is reset after it.
 
-SIGTERM: the serve process says not ready and keeps serving for CONCURRENCY_DRAIN (api/server.py), then
+SIGTERM: the serve process says not ready and keeps serving for CONCURRENCY_DRAIN (api/shutdown.py), then
 each worker stops accepting, closes its idle connections and gives the requests in hand
 CONCURRENCY_SHUTDOWN_TIMEOUT. A worker that dies is replaced; one that cannot boot stops the server.
 """
