@@ -186,6 +186,28 @@ def test_malformed_requests_get_400_and_a_close(server, raw):
         assert closed(sock)
 
 
+POST = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\n"
+SMUGGLING = {
+    "cl-and-te": POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two-lengths": POST + b"Content-Length: 4\r\nContent-Length: 5\r\n\r\n",
+    "te-not-chunked-last": POST + b"Transfer-Encoding: chunked, identity\r\n\r\n",
+    "te-xchunked": POST + b"Transfer-Encoding: xchunked\r\n\r\n",
+    "space-before-colon": POST + b"Content-Length : 4\r\n\r\n",
+    "obs-fold": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n",
+    "bare-lf": b"GET /healthz HTTP/1.1\nHost: x\n\n",
+}
+
+
+@pytest.mark.parametrize("head", SMUGGLING.values(), ids=SMUGGLING.keys())
+def test_requests_a_proxy_could_read_otherwise_get_400_and_nothing_behind_them_is_served(server, head):
+    """Framing two parsers may disagree on (the ground of request smuggling) is refused outright."""
+    with connect(server) as sock:
+        sock.sendall(head + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        ((status, headers, _),) = read_answers(sock, 1)
+        assert status == 400 and headers["connection"] == "close"
+        assert closed(sock)  # the request behind it got no answer
+
+
 def test_an_idle_connection_is_closed_after_the_header_timeout(server):
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
