@@ -192,8 +192,8 @@ class Connection(asyncio.Protocol):
         self._worker.closed(self)
 
     def pause_writing(self) -> None:
-        """The client does not read its answers: it has the body timeout to start again, then two more to
-        read what was written before a reset."""
+        """The client does not read its answers: it has the body timeout to start again, then as long
+        again to read what was written before a reset (close)."""
         self._writable = False
         self._expect(self._config.body_timeout_s, self.close)
 
