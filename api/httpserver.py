@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 BOOT_FAILED = 3  # a worker's exit status when it could not build its front
 MAX_PIPELINED = 32  # requests read ahead on one connection, waiting for the one in hand
+MAX_HEADERS = 100  # header fields in one request; more: 431
 STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish and exit
 KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
 ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
@@ -63,10 +64,11 @@ _NO_BODY_STATUSES = frozenset({204, 304})
 class Headers:
     """A request's headers, names in lower case, as granian's RSGI headers read."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_all")
 
     def __init__(self, items: list[tuple[str, str]]) -> None:
         self._items = items
+        self._all: dict[str, list[str]] | None = None
 
     def get(self, name: str, default: Any = None) -> Any:
         name = name.lower()
@@ -79,7 +81,11 @@ class Headers:
         return [key for key, _ in self._items]
 
     def get_all(self, name: str) -> list[str]:
-        return [value for key, value in self._items if key == name]
+        if self._all is None:  # indexed once: a caller may ask for every name
+            self._all = {}
+            for key, value in self._items:
+                self._all.setdefault(key, []).append(value)
+        return self._all.get(name.lower(), [])
 
 
 class Scope:
@@ -97,10 +103,13 @@ class Scope:
 class Responder:
     """The front's way to answer one request (RSGI's `response_bytes` and `response_empty`)."""
 
-    __slots__ = ("_connection", "_head", "_keep_alive")
+    __slots__ = ("_connection", "_head", "_keep_alive", "_say_keep_alive")
 
-    def __init__(self, connection: "Connection", head: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, connection: "Connection", head: bool, keep_alive: bool, version_10: bool = False
+    ) -> None:
         self._connection, self._head, self._keep_alive = connection, head, keep_alive
+        self._say_keep_alive = version_10  # an HTTP/1.0 client closes unless told otherwise
 
     def response_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.response_bytes(status, headers, b"")
@@ -121,7 +130,10 @@ class Responder:
             lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
         if status not in _NO_BODY_STATUSES:
             lines.append(b"content-length: %s\r\n" % length)
-        lines.append(b"\r\n" if keep_alive else b"connection: close\r\n\r\n")
+        if keep_alive:
+            lines.append(b"connection: keep-alive\r\n\r\n" if self._say_keep_alive else b"\r\n")
+        else:
+            lines.append(b"connection: close\r\n\r\n")
         if not self._head and status not in _NO_BODY_STATUSES:
             lines.append(body)
         self._connection.answer(b"".join(lines), keep_alive)
@@ -151,28 +163,32 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._server, self._client = "", ""
+        # The request being read.
+        self._reading_head = False  # from its first byte until its headers are in
+        self._reading_body = False  # then until it is whole
+        self._began = False  # it began in the read being parsed
+        self._head_bytes = 0  # read while its head was incomplete
+        self._head_size = 0  # its URL and headers as parsed
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._body: list[bytes] = []
-        self._head_bytes = 0  # read since the last request's headers came
-        self._head_size = 0  # of the request being read: its URL and headers as parsed
         self._length = 0  # its Content-Length
-        self._continue = False  # it expects 100 Continue
+        self._continue = False  # it expects 100 Continue, not sent yet
+        self._body: list[bytes] = []
         self._body_bytes = 0
-        self._in_headers = True
         self._started = 0.0
-        self._waiting: collections.deque[tuple[Scope, bytes, Responder, float]] = collections.deque()
+        # Answering: what comes next, in the order the requests came (a request, or a refusal that ends all).
+        self._queue: collections.deque[Callable[[], None]] = collections.deque()
         self._busy = False  # a request is in hand
         self._answered = False  # the one in hand was answered
-        self._writable = True
-        self._last = False  # no request after those read: an upgrade came
+        self._last = False  # read nothing more: the connection ends after what is queued
         self._closing = False
-        # One deadline at a time (headers, body, or a stalled reader), checked by one timer that is moved
-        # only when it fires early: a request costs two float writes, not two timers.
+        # One deadline at a time for what the client must send (the headers, or the body), checked by one
+        # timer that is moved only when it fires early: a request costs two float writes, not two timers.
         self._deadline = 0.0
         self._on_deadline: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._stalled: asyncio.TimerHandle | None = None  # the client reads no answers
 
     def itself(self) -> "Connection":
         """The protocol factory of an accepted socket."""
@@ -182,62 +198,59 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        if self._closing:  # the worker stopped before the connection was made
+            transport.close()
+            return
         self._server = _address(transport.get_extra_info("sockname"))
         self._client = _address(transport.get_extra_info("peername"))
         self._expect(self._config.header_timeout_s, self.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._cancel_timers()
         self._worker.closed(self)
 
     def pause_writing(self) -> None:
         """The client does not read its answers: it has the body timeout to start again, then as long
         again to read what was written before a reset (close)."""
-        self._writable = False
-        self._expect(self._config.body_timeout_s, self.close)
+        self._stalled = self._loop.call_later(self._config.body_timeout_s, self.close)
 
     def resume_writing(self) -> None:
-        self._writable = True
-        self._on_deadline = None
-        if not self._in_headers:  # a body was coming in: its deadline again
-            self._expect(self._config.body_timeout_s, self._body_too_slow)
-        self._waiting_for_headers()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self._next()
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._last:
             return
-        if self._in_headers:  # bytes since the last request's headers: at most the limit, else 431
-            room = self._config.max_header_bytes - self._head_bytes
-            if len(data) > room:
-                self._feed(data[:room])
-                if self._in_headers and not (self._closing or self._last):
-                    self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
-                    return
-                data = data[room:]
-            else:
-                self._head_bytes += len(data)
-        self._feed(data)
-
-    def _feed(self, data: bytes) -> None:
-        if self._closing or self._last:
-            return
+        self._began = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._last = True  # what follows is not HTTP/1.1: answer what came, then close
             self._next()
-        except _Refused:
-            pass
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if not isinstance(exc.__context__, _Refused):
+                log.error("a request could not be read", exc_info=exc.__context__ or exc)
+                self._refuse_raw(500, "internal_error", "the server failed to read the request")
+            return
         except httptools.HttpParserError as exc:
             self._refuse_raw(400, "bad_request", f"malformed HTTP request: {_reason(exc)}")
+            return
+        if self._reading_head:  # an incomplete head: bound what httptools holds of it, whatever it is
+            limit = self._config.max_header_bytes
+            self._head_bytes = min(len(data), limit) if self._began else self._head_bytes + len(data)
+            if self._head_bytes >= limit:
+                self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
 
     # httptools' callbacks
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._body_bytes = b"", [], [], 0
-        self._in_headers, self._head_size, self._length, self._continue = True, 0, 0, False
+        self._reading_head, self._began, self._head_bytes, self._head_size = True, True, 0, 0
+        self._url, self._headers, self._length, self._continue = b"", [], 0, False
+        self._body, self._body_bytes = [], 0
         self._started = time.perf_counter()
 
     def on_url(self, url: bytes) -> None:
@@ -245,6 +258,11 @@ class Connection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._reading_head:
+            return  # a chunked body's trailer: not a header of the request
+        if len(self._headers) == MAX_HEADERS:
+            self._refuse_raw(431, "headers_too_large", f"more than {MAX_HEADERS} header fields")
+            raise _Refused
         folded = name.decode("latin-1").lower()
         self._headers.append((folded, value.decode("latin-1")))
         self._count_head(len(name) + len(value) + 4)
@@ -254,21 +272,19 @@ class Connection(asyncio.Protocol):
             self._continue = value.lower() == b"100-continue"
 
     def _count_head(self, size: int) -> None:
-        """The parsed request line and headers, whatever the reads: at most the limit, else 431."""
+        """The parsed request line and headers: at most the limit, else 431."""
         self._head_size += size
         if self._head_size > self._config.max_header_bytes:
             self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
             raise _Refused
 
     def on_headers_complete(self) -> None:
-        self._in_headers = False
-        self._head_bytes = 0
+        self._reading_head, self._reading_body = False, True
         self._expect(self._config.body_timeout_s, self._body_too_slow)
         if self._length > self._config.max_body_bytes:
             self._refuse(too_large(_too_large(self._config.max_body_bytes)))
             raise _Refused  # feed_data stops here
-        if self._continue and self._transport is not None:
-            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._maybe_continue()
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -278,12 +294,14 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._reading_body = False
         self._on_deadline = None
-        self._in_headers = True  # the next request's, from here
         scope = self._scope()
-        responder = Responder(self, scope.method == "HEAD", self._parser.should_keep_alive())
-        self._waiting.append((scope, b"".join(self._body), responder, self._started))
-        if len(self._waiting) > MAX_PIPELINED:
+        version_10 = self._parser.get_http_version() == "1.0"
+        responder = Responder(self, scope.method == "HEAD", self._parser.should_keep_alive(), version_10)
+        body = b"".join(self._body)
+        self._queue.append(functools.partial(self._start, scope, body, responder, self._started))
+        if len(self._queue) > MAX_PIPELINED:
             self.close()
             raise _Refused
         self._next()
@@ -291,15 +309,16 @@ class Connection(asyncio.Protocol):
     # answering
 
     def _next(self) -> None:
-        """Start the next request read, when none is in hand and the client reads its answers."""
-        if self._busy or not self._writable or self._closing:
+        """Go on with what is queued, when nothing is in hand and the client reads its answers."""
+        if self._busy or self._stalled is not None or self._closing:
             return
-        if not self._waiting:
-            if self._last or self._worker.stopping:
-                self.close()
-            return
+        if self._queue:
+            self._queue.popleft()()
+        elif self._last or self._worker.stopping:
+            self.close()
+
+    def _start(self, scope: Scope, body: bytes, responder: "Responder", started: float) -> None:
         self._busy, self._answered = True, False
-        scope, body, responder, started = self._waiting.popleft()
         task = self._loop.create_task(self._front.handle(scope, body, responder, started))
         task.add_done_callback(self._handled)
 
@@ -309,10 +328,12 @@ class Connection(asyncio.Protocol):
         if error is not None:
             log.error("a request failed", exc_info=error)
             if not self._answered:
-                self._refuse_raw(500, "internal_error", "the server failed to answer")
+                self._write_raw(500, "internal_error", "the server failed to answer")
             self.close()
             return
-        self._waiting_for_headers()
+        self._maybe_continue()
+        if not (self._queue or self._reading_head or self._reading_body):
+            self._expect(self._config.header_timeout_s, self.close)  # for the next request's headers
         self._next()
 
     def answer(self, data: bytes, keep_alive: bool) -> None:
@@ -326,26 +347,28 @@ class Connection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        """No request in hand, waiting, or partly read."""
-        return not self._busy and not self._waiting and self._in_headers and self._head_bytes == 0
+        """No request in hand, queued, or partly read."""
+        return not (self._busy or self._queue or self._reading_head or self._reading_body)
 
     def close(self) -> None:
         """Close once what was written has gone out; reset if the client leaves it unread for the body
         timeout."""
         self._closing = True
-        self._waiting.clear()
-        self._cancel_timer()
+        self._queue.clear()
+        self._cancel_timers()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
             if self._transport.get_write_buffer_size():
                 self._loop.call_later(self._config.body_timeout_s, self._transport.abort)
 
-    # limits
+    def _maybe_continue(self) -> None:
+        """Send 100 Continue to an HTTP/1.1 request whose body is awaited, once no answer comes before it."""
+        if self._continue and self._reading_body and not (self._busy or self._queue or self._last):
+            self._continue = False
+            if self._parser.get_http_version() == "1.1" and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _waiting_for_headers(self) -> None:
-        """After an answer: the next request's headers are due within the header timeout."""
-        if not (self._waiting or self._busy or self._closing):
-            self._expect(self._config.header_timeout_s, self.close)
+    # deadlines
 
     def _expect(self, within_s: float, otherwise: Callable[[], None]) -> None:
         """Call `otherwise` unless another deadline replaces this one within `within_s`."""
@@ -355,7 +378,8 @@ class Connection(asyncio.Protocol):
             self._arm()
 
     def _arm(self) -> None:
-        self._cancel_timer()
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer_at = self._deadline
         self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
@@ -369,35 +393,50 @@ class Connection(asyncio.Protocol):
         else:
             self._arm()
 
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._stalled):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stalled = None
+
+    # refusals: each ends the connection, after the answers to the requests that came before it
+
     def _body_too_slow(self) -> None:
         self._refuse(TIMEOUT)
 
     def _refuse(self, answer: Answer) -> None:
-        """Answer a request refused once its headers came (through the front, so counted), and close."""
-        if not self._closing:
-            self._front.refuse(self._scope(), Responder(self, False, False), answer, self._started)
-        self.close()
+        """Refuse the request being read (its headers came) through the front, so it is counted."""
+        scope = self._scope()
+        responder = Responder(self, scope.method == "HEAD", False)
+        self._end_with(functools.partial(self._front.refuse, scope, responder, answer, self._started))
 
     def _refuse_raw(self, status: int, code: str, message: str) -> None:
-        """Answer what cannot be read as a request, then close."""
+        """Refuse what cannot be read as a request."""
+        self._end_with(functools.partial(self._write_raw, status, code, message))
+
+    def _end_with(self, refusal: Callable[[], None]) -> None:
+        self._last = True
+        self._on_deadline = None
+        self._queue.append(functools.partial(self._final, refusal))
+        self._next()
+
+    def _final(self, refusal: Callable[[], None]) -> None:
+        refusal()
+        self.close()
+
+    def _write_raw(self, status: int, code: str, message: str) -> None:
         if self._transport is not None and not self._closing:
             body = json.dumps({"error": code, "message": message}).encode()
             self._transport.write(
                 b"HTTP/1.1 %d %s\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n%s" % (status, _REASONS[status], _date(), len(body), body)
             )
-        self.close()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _scope(self) -> Scope:
         parser = self._parser
         try:
             url = httptools.parse_url(self._url)
-            path, query = url.path, url.query or b""
+            path, query = url.path or b"/", url.query or b""
         except httptools.HttpParserInvalidURLError:
             path, query = self._url, b""
         if b"%" in path:
@@ -502,7 +541,7 @@ class Worker:
             self._stop_accepting()  # until a connection closes
 
     def _resume_accepting(self) -> None:
-        if not (self.stopping or self._accepting):
+        if not (self.stopping or self._accepting) and len(self._connections) < self.config.max_requests:
             self._accept_again()
 
     def _opened(self, connection: Connection, task: "asyncio.Task[Any]") -> None:
@@ -566,8 +605,14 @@ class _Supervisor:
     def _spawn(self) -> None:
         pid = os.fork()
         if pid == 0:
-            os._exit(_work(self._listener, self._config, self._factory))
+            status = 1
+            try:
+                status = _work(self._listener, self._config, self._factory)
+            finally:
+                os._exit(status)  # never back into the serve process's code
         self._children[pid] = time.monotonic()
+        if self._stopping.is_set():  # the stop came while it was forking: it missed the signal
+            os.kill(pid, STOP_SIGNAL)
 
     def _stop(self) -> None:
         """Tell every worker to finish (STOP_SIGNAL); kill those still running past the shutdown timeout."""

@@ -6,6 +6,7 @@ ahead), and the process model (a worker that dies is replaced; one that cannot b
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from players import new_user
 from processes import ServerProcess, wait_until
 
 from api.config import Config
-from api.httpserver import BOOT_FAILED, MAX_PIPELINED, Connection, Worker, serve
+from api.httpserver import BOOT_FAILED, MAX_HEADERS, MAX_PIPELINED, Connection, Worker, serve
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -397,3 +398,151 @@ def test_the_path_is_percent_decoded_before_routing(server):
         sock.sendall(b"GET /health%7A HTTP/1.1\r\nHost: x\r\n\r\n")
         ((status, _, body),) = read_answers(sock, 1)
     assert status == 200 and json.loads(body) == {"status": "ok"}
+
+
+# --- found by a hostile review: each of these failed before its fix ------------------------------------
+
+
+def test_a_refusal_behind_pipelined_requests_comes_after_their_answers(server, real_redis):
+    """A request read before a malformed one is answered, in order, before the 400 and the close."""
+    with connect(server) as sock:
+        sock.sendall(start_request(new_user("before-garbage")) + b"NOT HTTP\r\n\r\n")
+        statuses = [status for status, _, _ in read_answers(sock, 2)]
+        assert closed(sock)
+    assert statuses == [201, 400]
+    with connect(server) as sock:
+        too_long = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + too_long)
+        assert [status for status, _, _ in read_answers(sock, 2)] == [200, 413]
+
+
+def test_pipelined_requests_whose_bytes_pass_the_header_limit_are_not_refused(server):
+    body = json.dumps({"userId": new_user("padded"), "deviceId": "tv", "streamId": "film"}).encode()
+    body += b" " * (Config().max_body_bytes - len(body) - 100)  # JSON allows the spaces
+    head = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    padded_get = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 860 + b"\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body + padded_get)
+        assert [status for status, _, _ in read_answers(sock, 2)] == [201, 200]
+        sock.sendall(padded_get * 20)
+        assert [status for status, _, _ in read_answers(sock, 20)] == [200] * 20
+
+
+def test_a_request_with_too_many_header_fields_gets_431(server):
+    def get(fields):
+        return b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % n for n in range(fields)) + b"\r\n"
+
+    with connect(server) as sock:
+        sock.sendall(get(MAX_HEADERS))
+        assert read_answers(sock, 1)[0][0] == 200
+        sock.sendall(get(MAX_HEADERS + 1))
+        assert read_answers(sock, 1)[0][0] == 431
+
+
+def test_a_chunked_trailer_is_not_a_header(server):
+    body = {"userId": new_user("trailer"), "deviceId": "d", "streamId": "s"}
+    started = server.request("POST", "/v1/sessions", body).json()
+    sid, token = started["sessionId"], started["token"]
+    head = f"PUT /v1/sessions/{sid} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    with connect(server) as sock:
+        sock.sendall(head + f"0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        ((status, _, answer),) = read_answers(sock, 1)
+    assert status == 401, answer
+
+
+def test_an_absolute_url_without_a_path_is_the_root(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        sock.sendall(b"GET http://example.com/healthz HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        assert [status for status, _, _ in read_answers(sock, 2)] == [404, 200]
+
+
+def test_http_1_0_keep_alive_is_acknowledged_and_kept(server):
+    with connect(server) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            ((status, headers, _),) = read_answers(sock, 1)
+            assert status == 200 and headers["connection"] == "keep-alive"
+
+
+def test_a_refused_head_request_gets_no_body(server):
+    with connect(server) as sock:
+        sock.sendall(b"HEAD /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n")
+        sock.settimeout(5)
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and rest == b""
+
+
+class Slow(Failing):
+    async def handle(self, scope, body, responder, started):
+        if scope.path == "/slow":
+            await asyncio.sleep(0.3)
+        await super().handle(scope, body, responder, started)
+
+
+def run_worker(front, scenario, **config):
+    """Run a Worker on a loopback socket in this process; return what `scenario(port)` returns."""
+
+    async def main():
+        listener = socket.create_server(("127.0.0.1", 0))
+        worker = Worker(listener, front, Config(**config))
+        serving = asyncio.ensure_future(worker.run())
+        try:
+            return await scenario(listener.getsockname()[1])
+        finally:
+            worker.stop()
+            await serving
+            listener.close()
+
+    return asyncio.run(main())
+
+
+def test_100_continue_waits_for_the_answers_before_it():
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        expecting = b"POST /fine HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n" + expecting)
+        first = await reader.readuntil(b"fine")  # the slow request's answer
+        second = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"{}")
+        third = await reader.readuntil(b"fine")
+        writer.close()
+        return first, second, third
+
+    first, second, third = run_worker(Slow(), scenario)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert second == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert third.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_stops_reading_is_closed_even_if_it_sends_more():
+    """pause_writing's deadline holds even when a request completes while the client reads nothing."""
+
+    async def scenario():
+        listener = socket.create_server(("127.0.0.1", 0))
+        worker = Worker(listener, Failing(), Config(body_timeout_s=0.2))
+        connection, transport = Connection(worker), StuckTransport()
+        connection.connection_made(transport)
+        connection.pause_writing()
+        connection.data_received(b"GET /fine HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.4)
+        listener.close()
+        return transport.closing
+
+    assert asyncio.run(scenario())
+
+
+def test_a_connection_closed_before_it_was_made_closes_its_socket():
+    async def scenario():
+        listener = socket.create_server(("127.0.0.1", 0))
+        connection, transport = Connection(Worker(listener, Failing(), Config())), StuckTransport()
+        connection.close()  # the worker stopped
+        connection.connection_made(transport)
+        listener.close()
+        return transport.closing
+
+    assert asyncio.run(scenario())
