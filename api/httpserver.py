@@ -9,8 +9,9 @@ more, within these bounds:
 - its headers within CONCURRENCY_HEADER_TIMEOUT of the connection's opening, or of its previous answer
   (so an idle keep-alive connection is closed after it too), else the connection is closed;
 - its body within CONCURRENCY_BODY_TIMEOUT once the headers came, else 408;
-- request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES (else 431), a body of at most
-  CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the connection;
+- request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES and MAX_HEADERS fields (else 431),
+  a body of at most CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the
+  connection, after the answers to the requests read before it;
 - at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
   pipelined ones wait their turn, 32 at most): past it the worker stops accepting and connections wait
   in the listen queue, of the same length;
