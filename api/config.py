@@ -118,6 +118,9 @@ class Config:
     max_header_bytes: int = _setting("CONCURRENCY_MAX_HEADER_BYTES", 16384)  # the request line and headers
     header_timeout_s: float = _setting("CONCURRENCY_HEADER_TIMEOUT", 5.0)  # to send the request's headers
     body_timeout_s: float = _setting("CONCURRENCY_BODY_TIMEOUT", 5.0)  # to send its body, once headers came
+    # A kept-alive connection may idle this long between requests: more than a load balancer's idle timeout
+    # (AWS ALB: 60 s, infra/terraform 65 s), so that it, not we, closes the connections it keeps.
+    keepalive_timeout_s: float = _setting("CONCURRENCY_KEEPALIVE_TIMEOUT", 75.0)
     max_requests: int = _setting("CONCURRENCY_MAX_REQUESTS", 1024)  # in progress at once per worker
     threads: int = _setting("CONCURRENCY_THREADS", 8)  # per worker: the Falcon app's, and cluster calls'
     drain_s: float = _setting("CONCURRENCY_DRAIN", 5.0)  # after SIGTERM: not ready, still serving
@@ -157,6 +160,7 @@ class Config:
             "keys_reload_s",
             "header_timeout_s",
             "body_timeout_s",
+            "keepalive_timeout_s",
             "shutdown_timeout_s",
         ):
             if not 0 < getattr(self, name) < math.inf:

@@ -6,8 +6,9 @@ and hands it to its front (api/front.py), which answers the player calls on the 
 and no hand-off between threads on the hot path. A slow client holds its own connection and nothing
 more, within these bounds:
 
-- its headers within CONCURRENCY_HEADER_TIMEOUT of the connection's opening, or of its previous answer
-  (so an idle keep-alive connection is closed after it too), else the connection is closed;
+- its headers within CONCURRENCY_HEADER_TIMEOUT of the connection's opening, or of the request's first
+  byte, else the connection is closed; between requests a kept-alive connection may idle for
+  CONCURRENCY_KEEPALIVE_TIMEOUT;
 - its body within CONCURRENCY_BODY_TIMEOUT once the headers came, else 408;
 - request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES and MAX_HEADERS fields (else 431),
   a body of at most CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the
@@ -31,6 +32,7 @@ import functools
 import http
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -249,6 +251,7 @@ class Connection(asyncio.Protocol):
     # httptools' callbacks
 
     def on_message_begin(self) -> None:
+        self._expect(self._config.header_timeout_s, self.close)
         self._reading_head, self._began, self._head_bytes, self._head_size = True, True, 0, 0
         self._url, self._headers, self._length, self._continue = b"", [], 0, False
         self._body, self._body_bytes = [], 0
@@ -334,7 +337,9 @@ class Connection(asyncio.Protocol):
             return
         self._maybe_continue()
         if not (self._queue or self._reading_head or self._reading_body):
-            self._expect(self._config.header_timeout_s, self.close)  # for the next request's headers
+            # Idle until the next request: checked every header timeout, so that the next request's
+            # own deadline (its first byte's, at least as late) never needs the timer moved.
+            self._expect(self._config.keepalive_timeout_s, self.close, self._config.header_timeout_s)
         self._next()
 
     def answer(self, data: bytes, keep_alive: bool) -> None:
@@ -371,18 +376,22 @@ class Connection(asyncio.Protocol):
 
     # deadlines
 
-    def _expect(self, within_s: float, otherwise: Callable[[], None]) -> None:
-        """Call `otherwise` unless another deadline replaces this one within `within_s`."""
-        self._deadline = self._loop.time() + within_s
+    def _expect(
+        self, within_s: float, otherwise: Callable[[], None], check_within_s: float = math.inf
+    ) -> None:
+        """Call `otherwise` unless another deadline replaces this one within `within_s`; look again after
+        `check_within_s` at the latest."""
+        now = self._loop.time()
+        self._deadline = now + within_s
         self._on_deadline = otherwise
         if self._timer is None or self._deadline < self._timer_at:
-            self._arm()
+            self._arm(min(self._deadline, now + check_within_s))
 
-    def _arm(self) -> None:
+    def _arm(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self._timer_at = self._deadline
-        self._timer = self._loop.call_at(self._deadline, self._check_deadline)
+        self._timer_at = at
+        self._timer = self._loop.call_at(at, self._check_deadline)
 
     def _check_deadline(self) -> None:
         self._timer = None
@@ -392,7 +401,7 @@ class Connection(asyncio.Protocol):
             action, self._on_deadline = self._on_deadline, None
             action()
         else:
-            self._arm()
+            self._arm(self._deadline)
 
     def _cancel_timers(self) -> None:
         for timer in (self._timer, self._stalled):

@@ -24,13 +24,20 @@ from api.httpserver import BOOT_FAILED, MAX_HEADERS, MAX_PIPELINED, Connection, 
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
-IDLE_S = 1.0
+IDLE_S = 1.0  # the header and body timeouts
+KEEPALIVE_S = 2.5
 
 
 @pytest.fixture(scope="module")
 def server(redis_server, keys_dir):
     process = ServerProcess(
-        redis_server.url, keys_dir, workers=1, header_timeout_s=IDLE_S, body_timeout_s=IDLE_S, max_requests=4
+        redis_server.url,
+        keys_dir,
+        workers=1,
+        header_timeout_s=IDLE_S,
+        body_timeout_s=IDLE_S,
+        keepalive_timeout_s=KEEPALIVE_S,
+        max_requests=4,
     )
     yield process
     process.stop()
@@ -209,13 +216,32 @@ def test_requests_a_proxy_could_read_otherwise_get_400_and_nothing_behind_them_i
         assert closed(sock)  # the request behind it got no answer
 
 
-def test_an_idle_connection_is_closed_after_the_header_timeout(server):
+def lifetime(sock, timeout_s):
+    """Seconds until the server closes the connection (reading what it sends)."""
+    began = time.monotonic()
+    assert closed(sock, timeout_s=timeout_s)
+    return time.monotonic() - began
+
+
+def test_a_new_connection_must_send_its_headers_within_the_header_timeout(server):
+    with connect(server) as sock:
+        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 3) < IDLE_S + 1
+
+
+def test_a_kept_alive_connection_idles_for_the_keepalive_timeout_then_closes(server):
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         read_answers(sock, 1)
-        opened = time.monotonic()
-        assert closed(sock, timeout_s=IDLE_S + 3)
-        assert IDLE_S - 0.2 < time.monotonic() - opened < IDLE_S + 2
+        assert KEEPALIVE_S - 0.2 < lifetime(sock, KEEPALIVE_S + 3) < KEEPALIVE_S + 1
+
+
+def test_a_request_begun_after_an_idle_time_has_the_header_timeout_from_its_first_byte(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_answers(sock, 1)
+        time.sleep(0.5)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and no more: closed at 1.5 s, not at the idle 2.5 s
+        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 3) < IDLE_S + 0.7
 
 
 def test_a_worker_takes_no_more_connections_than_its_limit(server):
