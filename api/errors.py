@@ -85,6 +85,10 @@ class PayloadTooLarge(ServiceError):
     status = "413 Payload Too Large"
     code = "payload_too_large"
 
+    @classmethod
+    def over(cls, limit: int) -> "PayloadTooLarge":
+        return cls(f"request body is larger than {limit} bytes")
+
 
 class UnsupportedMediaType(ServiceError):
     status = "415 Unsupported Media Type"

@@ -102,13 +102,13 @@ class Front:
         limit = self._max_body_bytes
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+            raise PayloadTooLarge.over(limit)
         chunks, size = [], 0
         async with asyncio.timeout(self._body_timeout_s):
             async for chunk in proto:
                 size += len(chunk)
                 if size > limit:
-                    raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+                    raise PayloadTooLarge.over(limit)
                 chunks.append(chunk)
         return b"".join(chunks)
 

@@ -286,14 +286,14 @@ class Connection(asyncio.Protocol):
         self._reading_head, self._reading_body = False, True
         self._expect(self._config.body_timeout_s, self._body_too_slow)
         if self._length > self._config.max_body_bytes:
-            self._refuse(too_large(_too_large(self._config.max_body_bytes)))
+            self._refuse(too_large(PayloadTooLarge.over(self._config.max_body_bytes)))
             raise _Refused  # feed_data stops here
         self._maybe_continue()
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._config.max_body_bytes:
-            self._refuse(too_large(_too_large(self._config.max_body_bytes)))
+            self._refuse(too_large(PayloadTooLarge.over(self._config.max_body_bytes)))
             raise _Refused
         self._body.append(body)
 
@@ -678,7 +678,3 @@ def _address(address: Any) -> str:
 
 def _reason(exc: Exception) -> str:
     return str(exc).strip() or type(exc).__name__
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is larger than {limit} bytes")

@@ -14,12 +14,12 @@ from .errors import BadRequest, InvalidToken, PayloadTooLarge, UnsupportedMediaT
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
     """Return the request body, at most `max_bytes` long."""
     if req.content_length is not None and req.content_length > max_bytes:
-        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        raise PayloadTooLarge.over(max_bytes)
     # Without Content-Length (chunked), bounded_stream reads nothing; the server ends req.stream.
     stream = req.bounded_stream if req.content_length is not None else req.stream
     raw = stream.read(max_bytes + 1)
     if len(raw) > max_bytes:
-        raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        raise PayloadTooLarge.over(max_bytes)
     return bytes(raw)
 
 
