@@ -113,7 +113,7 @@ def jwks(server):
     return answer.json()
 
 
-def session_claims(server, token):
+def session_claims(server, token, leeway=0):
     """Verify a session token with the published JWKS alone, as a CDN would; return its claims."""
     key_set = jwt.PyJWKSet.from_dict(jwks(server))
     kid = jwt.get_unverified_header(token)["kid"]
@@ -124,6 +124,7 @@ def session_claims(server, token):
         algorithms=[key.algorithm_name],
         audience=DEFAULTS.audience,
         issuer=DEFAULTS.issuer,
+        leeway=leeway,
         options={"require": ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]},
     )
 
