@@ -430,6 +430,21 @@ def test_ids_at_the_length_limit_are_accepted(server, real_redis):
     assert decode(server, answer.json()["token"])[1]["device"] == "é" * limit
 
 
+def test_ids_holding_what_looks_like_the_macs_place_keep_their_session(server, real_redis):
+    """A MAC once went into the first run of 22 `~` in the payload: an id holding one was replaced, and the
+    session's first heartbeat resumed it under a made-up user, past the real user's limit."""
+    user, device, stream = (f"{new_user()}{'~' * 22}", "~" * 30, "film~" + "~" * 22)
+    sid, token = legacy_started(server, user, device, stream)
+    for _ in range(2):
+        answer = legacy_heartbeat(server, sid, token)
+        assert answer.status == 200 and answer.json()["status"] == "updated", answer.body
+        token = answer.json()["token"]
+        claims = decode(server, token)[1]
+        assert (claims["sub"], claims["device"], claims["stream"]) == (user, device, stream)
+    stored = stored_sessions(real_redis)
+    assert list(stored) == [sid] and len({entry.key for entry in stored.values()}) == 1, stored
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

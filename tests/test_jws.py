@@ -94,6 +94,21 @@ def test_sign_then_verify(keysets, alg):
     )  # a 12-character nonce, then the 22-character MAC
 
 
+@pytest.mark.parametrize("name", ["sub", "sid", "odd"])
+def test_claims_that_look_like_the_macs_placeholder_are_signed_as_given(keyset, name):
+    """The MAC goes where the jti's placeholder is, never into a claim that holds the same characters."""
+    claims = {**CLAIMS, name: "eve" + "~" * 44}
+    token = jws.sign(keyset.signing, claims)
+    assert without_jti(jws.verify(token, keyset.verifying)) == claims
+    assert without_jti(jwt.decode(token, keyset.signing.public_key, algorithms=["ES256"])) == claims
+
+
+@pytest.mark.parametrize("claims", [{}, {**CLAIMS, "jti": "mine"}])
+def test_sign_refuses_claims_without_members_or_with_a_jti(keyset, claims):
+    with pytest.raises(ValueError, match="without a jti"):
+        jws.sign(keyset.signing, claims)
+
+
 def test_every_token_has_its_own_jti(keyset):
     jtis = {jws.verify(jws.sign(keyset.signing, CLAIMS), keyset.verifying)["jti"] for _ in range(100)}
     assert len(jtis) == 100
