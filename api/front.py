@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import io
 import json
+import logging
 import re
 import sys
 import time
@@ -30,6 +31,9 @@ from . import sync
 from .errors import PayloadTooLarge
 from .observability import REQUEST_ID_HEADER, Observer
 from .playback import LEGACY, NATIVE, Answer, Playback, Request
+from .responses import INTERNAL_ERROR
+
+log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 SESSION_ROUTE = NATIVE + "/{session_id}"
@@ -81,7 +85,11 @@ class Front:
             await self._wsgi(scope, body, proto, rid)
             return
         route, coroutine = call
-        answer = await coroutine if self._inline else await self._on_thread(coroutine)
+        try:
+            answer = await coroutine if self._inline else await self._on_thread(coroutine)
+        except Exception:  # a bug: answered and counted like any request, under its request id
+            log.exception("unexpected error on %s %s", method, path)
+            answer = Answer(500, INTERNAL_ERROR)
         self._respond(proto, answer, rid)
         self._observer.end(route, method, path, answer.status, answer.media, answer.caller, started)
 

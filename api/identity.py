@@ -7,7 +7,6 @@ sessions it does not already hold.
 """
 
 import base64
-import binascii
 import collections
 import dataclasses
 import hashlib
@@ -127,7 +126,7 @@ class _Credentials:
         """Return the caller's name for a valid `base64(name:secret)`; raise InvalidCredentials otherwise."""
         try:
             name, sep, secret = base64.b64decode(credential, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 (UnicodeDecodeError)
             raise InvalidCredentials("Basic credential is not base64 of name:secret") from None
         given = _digest(secret)
         # Every stored digest of the name is compared, so the time taken says nothing about which matched.

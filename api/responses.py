@@ -126,6 +126,9 @@ def _holder(session: Session) -> dict[str, Any]:
     }
 
 
+INTERNAL_ERROR = {"error": "internal_error", "message": "internal error; it has been logged"}
+
+
 def _challenge(message: str) -> tuple[str, str]:
     text = _UNSAFE_IN_HEADER.sub("?", message)[:200]  # messages may quote token contents
     return "WWW-Authenticate", f'Bearer error="invalid_token", error_description="{text}"'
@@ -134,7 +137,7 @@ def _challenge(message: str) -> tuple[str, str]:
 def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = {"error": "internal_error", "message": "internal error; it has been logged"}
+    resp.media = INTERNAL_ERROR
 
 
 def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:

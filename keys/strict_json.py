@@ -15,8 +15,11 @@ def _no_constants(name: str) -> None:
 def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        names = [name for name, _ in pairs]
-        raise DuplicateName(next(name for name in names if names.count(name) > 1))
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise DuplicateName(name)
+            seen.add(name)
     return obj
 
 

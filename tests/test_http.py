@@ -114,6 +114,20 @@ def test_a_trusted_caller_renews_the_same_device_and_stream(trusted_server, real
     assert_error(legacy_start(trusted_server, user, "tv", "match"), 401, "invalid_credentials")
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1/sessions"), ("POST", "/concurrency"), ("GET", "/v1/users/ann/sessions")],
+)
+def test_a_basic_credential_that_is_not_ascii_is_refused(trusted_server, real_redis, method, path):
+    """Header bytes past ASCII reach the app as latin-1 text; base64 refuses them: a 401, once a 500."""
+    body = {"userId": "ann", "deviceId": "tv", "streamId": "film"} if method == "POST" else None
+    headers = {"Authorization": "Basic \xe9\xe9\xe9\xe9", "X-Request-Id": "not-ascii"}
+    answer = trusted_server.request(method, path, body, headers)
+    assert_error(answer, 401, "invalid_credentials")
+    assert answer.headers["x-request-id"] == "not-ascii"
+    assert redis_state(real_redis) == {}
+
+
 @pytest.mark.backends
 def test_limit_answers_403_with_the_count_to_anyone(server, real_redis):
     user = new_user()

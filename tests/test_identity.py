@@ -383,6 +383,8 @@ def test_trusted_callers_speak_for_the_user_in_the_body(callers):
         basic("someone-else", CALLER_SECRET),
         basic("playback-api", CALLER_SECRET[:-1]),
         "Basic not-base64!",
+        "Basic \xe9\xe9\xe9\xe9",  # header bytes past ASCII, as the server decodes them (latin-1)
+        "Basic " + base64.b64encode(b"\xff\xfe:secret").decode(),  # not UTF-8
         "Basic " + base64.b64encode(b"no-colon").decode(),
         bearer(CALLER_SECRET),
     ],
