@@ -50,7 +50,7 @@ def create_app(
     app.add_route("/readyz", resources.Ready(store, keyring, identity.modes))
     app.add_route("/concurrency", resources.LegacyConcurrency(playback, config))
     app.add_route("/v1/sessions", resources.Sessions(playback, config))
-    app.add_route("/v1/sessions/{session_id}", resources.SessionItem(playback))
+    app.add_route("/v1/sessions/{session_id}", resources.SessionItem(playback, config))
     user_sessions = resources.UserSessions(concurrency, identity, config)
     app.add_route("/v1/users/{user_id}/sessions", user_sessions)
     app.add_route("/v1/users/{user_id}/sessions/{session_id}", user_sessions, suffix="one")

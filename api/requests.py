@@ -1,5 +1,6 @@
 """Reading and checking request input: every problem becomes a 4xx naming it."""
 
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -9,6 +10,8 @@ from keys import strict_json
 from keys.strict_json import DuplicateName
 
 from .errors import BadRequest, InvalidToken, PayloadTooLarge, UnsupportedMediaType
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 def read_body(req: falcon.Request, max_bytes: int) -> bytes:
@@ -61,8 +64,9 @@ def require_strings(
             raise BadRequest(f"field {name!r} must be a string", field=name)
         if not value:
             raise BadRequest(f"field {name!r} must not be empty", field=name)
-        if not _encodable(value):
-            raise BadRequest(f"field {name!r} is not valid unicode text", field=name)
+        problem = text_problem(value)
+        if problem:
+            raise BadRequest(f"field {name!r} {problem}", field=name)
         if len(value) > max_chars:
             raise BadRequest(f"field {name!r} is longer than {max_chars} characters", field=name)
         values[name] = value
@@ -79,9 +83,15 @@ def bearer_token(header: str | None, what: str = "session token") -> str:
     return token.strip()
 
 
-def _encodable(value: str) -> bool:
+def text_problem(value: str) -> str | None:
+    """Say what makes `value` unfit to be an id or to be signed into a token; None when nothing does.
+
+    Control characters are refused: JSON escapes them in six bytes each, so ids of them would make a
+    token longer than the longest one accepted (MAX_TOKEN_CHARS), and no id needs them."""
+    if _CONTROL.search(value):
+        return "must not hold control characters"
     try:
         value.encode()
     except UnicodeEncodeError:  # a lone surrogate from a JSON escape
-        return False
-    return True
+        return "is not valid unicode text"
+    return None

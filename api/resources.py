@@ -47,16 +47,19 @@ class Sessions:
 
 
 class SessionItem:
-    """`/v1/sessions/{sessionId}`: heartbeat and stop, with the session token as Bearer."""
+    """`/v1/sessions/{sessionId}`: heartbeat and stop, with the session token as Bearer.
 
-    def __init__(self, playback: Playback) -> None:
+    A body is not used, but it is read within the limit, as the HTTP server's front reads it (else 413)."""
+
+    def __init__(self, playback: Playback, config: Config) -> None:
         self._playback = playback
+        self._max_body_bytes = config.max_body_bytes
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
-        answer(req, resp, self._playback.heartbeat(session_id, Request(req.get_header("Authorization"))))
+        answer(req, resp, self._playback.heartbeat(session_id, _with_body(req, self._max_body_bytes)))
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, session_id: str) -> None:
-        answer(req, resp, self._playback.stop(session_id, Request(req.get_header("Authorization"))))
+        answer(req, resp, self._playback.stop(session_id, _with_body(req, self._max_body_bytes)))
 
 
 def _with_body(req: falcon.Request, max_bytes: int) -> Request:

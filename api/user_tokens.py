@@ -7,6 +7,7 @@ import jwt
 
 from .config import Config
 from .errors import InvalidToken
+from .requests import text_problem
 
 JWKS_FETCH_TIMEOUT_S = 2
 JWKS_CACHE_S = 300
@@ -45,9 +46,12 @@ class UserTokens:
             )
         except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as exc:
             raise InvalidToken(f"user token is invalid: {exc}") from None
-        longest = config.max_id_chars
-        if not isinstance(claims["sub"], str) or not 0 < len(claims["sub"]) <= longest:
+        longest, sub = config.max_id_chars, claims["sub"]
+        if not isinstance(sub, str) or not 0 < len(sub) <= longest:
             raise InvalidToken(f"user token 'sub' must be a user id of at most {longest} characters")
+        problem = text_problem(sub)
+        if problem:
+            raise InvalidToken(f"user token 'sub' {problem}")
         return claims
 
 

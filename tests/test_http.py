@@ -11,6 +11,7 @@ import pytest
 from layout import redis_state, stored_sessions, user_key
 from players import (
     CALLER,
+    admitted,
     assert_error,
     bearer,
     jwks,
@@ -20,6 +21,7 @@ from players import (
     legacy_stop,
     new_user,
     session_claims,
+    start,
 )
 from processes import TEST_TTL_S, RedisServer, ServerProcess, free_port, wait_until
 
@@ -364,6 +366,10 @@ BAD_STARTS = [
     ("body-too-large", _start_with(streamId="s" * (DEFAULTS.max_body_bytes + 1)), 413, None),
     ("deeply-nested-json", b"[" * 1500 + b"]" * 1500, 400, None),
     ("lone-surrogate", b'{"userId": "\\ud800", "deviceId": "d", "streamId": "s"}', 400, "userId"),
+    # Six bytes each in a token: ids of them made a token the service itself refused as too long.
+    ("control-characters", _start_with(userId="\x01" * 256, deviceId="\x01" * 256), 400, "userId"),
+    ("newline-in-device", _start_with(deviceId="tv\n"), 400, "deviceId"),
+    ("delete-in-stream", _start_with(streamId="film\x7f"), 400, "streamId"),
 ]
 
 
@@ -435,6 +441,17 @@ def test_a_body_over_the_limit_is_counted_and_carries_its_request_id(server):
     assert answer.status == 413 and answer.headers["x-request-id"] == "trace-413"
     assert json.loads(answer.body)["error"] == "payload_too_large"
     assert refused() == before + 1
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+def test_a_body_over_the_limit_on_a_session_route_is_413_and_changes_nothing(server, real_redis, method):
+    """These routes use no body, but one sent is still read within the limit (docs/openapi.yaml)."""
+    sid, token = admitted(start(server, user=new_user()))
+    before = redis_state(real_redis)
+    headers = {**bearer(token), "Content-Type": "application/json"}
+    huge = b" " * (DEFAULTS.max_body_bytes + 1)
+    assert_error(server.request(method, f"/v1/sessions/{sid}", huge, headers), 413, "payload_too_large")
+    assert redis_state(real_redis) == before
 
 
 def test_ids_at_the_length_limit_are_accepted(server, real_redis):

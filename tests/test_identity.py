@@ -291,7 +291,7 @@ def test_body_user_must_match_the_token(identity, ec_key):
     assert refused.value.details == {"field": "userId"}
 
 
-@pytest.mark.parametrize("sub", ["", "x" * 9, 7, ["ann"]])
+@pytest.mark.parametrize("sub", ["", "x" * 9, 7, ["ann"], "\ud800", "ann\x00"])
 def test_sub_must_be_a_short_user_id(ec_key, sub):
     identity = Identity(
         Config(user_jwks=INJECTED, user_issuer=ISSUER, user_audience=AUDIENCE, max_id_chars=8), Jwks(ec_key)

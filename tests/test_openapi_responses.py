@@ -563,6 +563,20 @@ def heartbeat_without_authorization(api):
     return api.client.simulate_put(f"/v1/sessions/{sid}")
 
 
+@provokes("put", "/v1/sessions/{sessionId}", 413)
+def heartbeat_with_a_huge_body(api):
+    sid, token = api.start()
+    huge = b" " * (api.config.max_body_bytes + 1)
+    return api.client.simulate_put(f"/v1/sessions/{sid}", body=huge, headers=api.bearer(token))
+
+
+@provokes("delete", "/v1/sessions/{sessionId}", 413)
+def stop_with_a_huge_body(api):
+    sid, token = api.start()
+    huge = b" " * (api.config.max_body_bytes + 1)
+    return api.client.simulate_delete(f"/v1/sessions/{sid}", body=huge, headers=api.bearer(token))
+
+
 @provokes("put", "/v1/sessions/{sessionId}", 410)
 def heartbeat_with_an_expired_token(api):
     sid, _ = api.start()

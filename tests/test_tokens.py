@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from api.config import MAX_ID_CHARS, MAX_TOKEN_CHARS
 from api.errors import InvalidToken
 from api.sessions import Session
 from api.tokens import SessionTokens
@@ -156,3 +157,17 @@ def test_verify_reads_no_disk_for_an_unknown_kid(tmp_path):
         with pytest.raises(REJECTED, match="unknown key"):
             tokens.verify(f"{token}.{payload}.{signature}")
     assert CountingStore.calls == 0
+
+
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_the_longest_token_the_service_can_issue_is_accepted(key_dirs, alg):
+    """Ids at the length limit in the characters JSON makes longest (control characters are refused), every
+    extra claim: the token stays within MAX_TOKEN_CHARS, so a start never hands out one it then refuses."""
+    tokens = SessionTokens(Keyring.open(key_dirs[alg]), ISSUER, AUDIENCE)
+    for char in ("🎬", '"', "\\"):  # four bytes of UTF-8; two bytes escaped
+        longest = char * MAX_ID_CHARS
+        session = Session(longest, "A" * MAX_ID_CHARS, longest, longest)
+        extra = {"lim": 2**53, "dlim": 2**53, "degraded": True, "cex": 2**40}
+        token = tokens.sign(session, int(time.time()), 2**31, extra)
+        assert len(token) <= MAX_TOKEN_CHARS, (char, len(token))
+        assert tokens.verify(token)["sub"] == longest
