@@ -1,6 +1,11 @@
-"""The identity provider's access tokens: verified with its JWKS (a URL, cached, or a file)."""
+"""The identity provider's access tokens: verified with its JWKS (a URL, kept fresh off the request path, or
+a file)."""
 
 import json
+import logging
+import threading
+import time
+import urllib.request
 from typing import Any, Protocol
 
 import jwt
@@ -9,8 +14,12 @@ from .config import Config
 from .errors import InvalidToken
 from .requests import text_problem
 
+log = logging.getLogger(__name__)
+
 JWKS_FETCH_TIMEOUT_S = 2
-JWKS_CACHE_S = 300
+JWKS_CACHE_S = 300  # the key set is fetched again this often
+JWKS_REFETCH_S = 5  # and after an unknown kid, at most this often
+MAX_JWKS_BYTES = 1 << 20
 
 Claims = dict[str, Any]
 
@@ -60,7 +69,7 @@ def jwks_from(source: str) -> JwkSource | None:
     if not source:
         return None
     if source.startswith(("https://", "http://")):
-        return jwt.PyJWKClient(source, cache_keys=True, lifespan=JWKS_CACHE_S, timeout=JWKS_FETCH_TIMEOUT_S)
+        return _UrlJwks(source)
     with open(source, encoding="utf-8") as file:
         return _FileJwks(json.load(file))
 
@@ -69,10 +78,58 @@ class _FileJwks:
     """A JWKS read from a file once; PyJWKClient's interface, without the network."""
 
     def __init__(self, document: dict[str, Any]) -> None:
-        self._keys = {key.key_id: key for key in jwt.PyJWKSet.from_dict(document).keys}
+        self._keys = _by_kid(document)
 
     def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
         kid = jwt.get_unverified_header(token).get("kid")
-        if kid not in self._keys:
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
             raise jwt.PyJWKClientError(f"no key with kid {kid!r}")
-        return self._keys[kid]
+        return key
+
+
+class _UrlJwks(_FileJwks):
+    """A JWKS URL's keys, fetched on a thread of their own: a request never waits on the network.
+
+    Fetched once when the worker starts (at most JWKS_FETCH_TIMEOUT_S), then every JWKS_CACHE_S, and soon
+    after a token names an unknown kid, at most once every JWKS_REFETCH_S however many do (PyJWKClient
+    fetched on the request's own thread, on the worker's event loop, and again on every unknown kid while
+    the provider failed). A fetch that fails keeps the keys there were. A token signed with a key the
+    provider published since the last fetch is refused (401) until the next one."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._wake = threading.Event()
+        self._fetched_at = 0.0
+        self._fetch()
+        threading.Thread(target=self._refresh, name="user-jwks", daemon=True).start()
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+        try:
+            return super().get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientError:
+            self._wake.set()
+            raise
+
+    def _refresh(self) -> None:
+        while True:
+            self._wake.wait(JWKS_CACHE_S)
+            time.sleep(max(0.0, self._fetched_at + JWKS_REFETCH_S - time.monotonic()))
+            self._wake.clear()
+            self._fetch()
+
+    def _fetch(self) -> None:
+        self._fetched_at = time.monotonic()
+        try:
+            with urllib.request.urlopen(self._url, timeout=JWKS_FETCH_TIMEOUT_S) as answer:
+                document = answer.read(MAX_JWKS_BYTES + 1)
+            if len(document) > MAX_JWKS_BYTES:
+                raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
+            self._keys = _by_kid(json.loads(document))
+        except Exception as exc:  # whatever went wrong, the keys there were stay
+            log.warning("cannot fetch the identity provider's JWKS from %s: %s", self._url, exc)
+
+
+def _by_kid(document: dict[str, Any]) -> dict[str, jwt.PyJWK]:
+    return {key.key_id: key for key in jwt.PyJWKSet.from_dict(document).keys if key.key_id}

@@ -8,6 +8,8 @@ import hashlib
 import hmac
 import json
 import secrets
+import socket
+import threading
 import time
 import uuid
 
@@ -28,7 +30,7 @@ from players import (
     session_claims,
     start,
 )
-from processes import ServerProcess
+from processes import ServerProcess, wait_until
 
 from api.config import Config
 
@@ -358,6 +360,64 @@ def test_the_jwks_url_is_cached_and_unknown_kids_do_not_hammer_the_provider(user
         )
         assert_unauthorized(start(user_server, token))
     assert idp.fetches - fetches <= 1, "every unknown kid made the service fetch the provider's JWKS"
+
+
+class SilentProvider:
+    """A JWKS URL whose server takes each connection and never answers; it counts them opened and closed."""
+
+    def __init__(self):
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/jwks.json"
+        self.opened = self.closed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            self.opened += 1
+            threading.Thread(target=self._hold, args=(connection,), daemon=True).start()
+
+    def _hold(self, connection):
+        with connection:
+            while connection.recv(4096):  # until the client gives up and closes
+                pass
+        self.closed += 1
+
+    def close(self):
+        self._listener.close()
+
+
+def test_a_provider_that_never_answers_holds_no_request(redis_server, keys_dir, idp, real_redis):
+    """The JWKS is fetched off the request path: while a fetch hangs, the one worker answers on, and
+    tokens of unknown keys do not make it fetch again and again (PyJWKClient fetched on the request's own
+    thread, the worker's event loop, every time while the provider failed)."""
+    provider = SilentProvider()
+    server = ServerProcess(
+        redis_server.url,
+        keys_dir,
+        workers=1,
+        user_jwks=provider.url,
+        user_issuer=idp.issuer,
+        user_audience=idp.audience,
+    )
+    try:
+        wait_until(lambda: provider.closed == 1, what="the fetch at start to time out")
+        answer = start(server, idp.token(new_user()))
+        assert_unauthorized(answer)  # no key is known yet
+        assert "fetch" not in answer.json()["message"]
+        wait_until(lambda: provider.opened == 2, what="a fetch after the unknown kid")
+        assert server.request("GET", "/healthz").status == 200
+        assert provider.closed == 1, "the worker answered only once the fetch had given up"
+        for _ in range(10):
+            assert_unauthorized(start(server, idp.token(new_user())))
+        assert provider.opened == 2, "every unknown kid made the service fetch the provider's JWKS"
+        assert redis_state(real_redis) == {}
+    finally:
+        server.stop()
+        provider.close()
 
 
 # --- observability --------------------------------------------------------------------------------
