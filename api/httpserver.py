@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 BOOT_FAILED = 3  # a worker's exit status when it could not build its front
 MAX_PIPELINED = 32  # requests read ahead on one connection, waiting for the one in hand
 MAX_HEADERS = 100  # header fields in one request; more: 431
+_SINGLE = frozenset({"authorization", "content-type"})  # twice in one request: 400
 STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish and exit
 KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
 ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
@@ -274,6 +275,10 @@ class Connection(asyncio.Protocol):
             self._length = int(value)
         elif folded == "expect":
             self._continue = value.lower() == b"100-continue"
+        elif folded in _SINGLE and any(key == folded for key, _ in self._headers[:-1]):
+            # Which one counts is a guess (the first here, both joined through Falcon, the last elsewhere).
+            self._refuse_raw(400, "bad_request", f"the {folded} header appears twice")
+            raise _Refused
 
     def _count_head(self, size: int) -> None:
         """The parsed request line and headers: at most the limit, else 431."""

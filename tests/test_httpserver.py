@@ -203,6 +203,11 @@ SMUGGLING = {
     "space-before-colon": POST + b"Content-Length : 4\r\n\r\n",
     "obs-fold": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  b\r\n\r\n",
     "bare-lf": b"GET /healthz HTTP/1.1\nHost: x\n\n",
+    # One value each: which of two counts is a guess that a proxy may make otherwise.
+    "two-authorizations": POST
+    + b"Authorization: Basic YTpi\r\nauthorization: Basic Yzpk\r\nContent-Length: 0\r\n\r\n",
+    "two-content-types": POST
+    + b"Content-Type: application/json\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n",
 }
 
 
