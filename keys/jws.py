@@ -55,12 +55,14 @@ def _header(alg: str, kid: str) -> tuple[dict[str, str], bytes]:
 def sign(key: SigningKey, claims: Mapping[str, Any]) -> str:
     """Return the compact JWS of `claims` signed by `key`, with its `jti`: a nonce and the MAC.
 
-    The jti is the payload's last member, so the MAC's place is known: nothing a claim holds can move it."""
-    if not claims or "jti" in claims:
-        raise ValueError("claims must be given, without a jti: sign adds it")
+    The jti is the payload's last member, so the MAC's place is known: nothing a claim holds can move it.
+    A `jti` in `claims` is replaced."""
+    if "jti" in claims:
+        claims = {name: value for name, value in claims.items() if name != "jti"}
     header_b64 = _header(key.alg, key.kid)[1]
     nonce = secrets.token_urlsafe(NONCE_BYTES).encode()
-    unsealed = b'%b,"jti":"%b%b"}' % (_ENCODE(claims).encode()[:-1], nonce, _PLACEHOLDER_BYTES)
+    members = _ENCODE(claims).encode()[1:-1]
+    unsealed = b'{%b%b"jti":"%b%b"}' % (members, b"," if members else b"", nonce, _PLACEHOLDER_BYTES)
     sealed = unsealed[:_MAC_AT] + _mac(key, header_b64, unsealed) + unsealed[_MAC_AT + _MAC_CHARS :]
     signing_input = header_b64 + b"." + b64url(sealed)
     return (signing_input + b"." + b64url(key.sign(signing_input))).decode()
