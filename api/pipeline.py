@@ -97,12 +97,17 @@ class Pipeline:
     def _paused(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _round_trip(self, batch: list[_Call], retry: bool = True) -> None:
-        """Send `batch`, give each call its reply or error, wake the threads waiting on them."""
+    def _round_trip(self, batch: list[_Call]) -> None:
+        """Send `batch` once, give each call its reply or error, wake the threads waiting on them.
+
+        Never sent again: a connection lost after the scripts ran would run them twice (a start would
+        meet its own new session and be refused). A connection the server has closed since the last
+        batch (a restart, a kill) is replaced before sending instead."""
         if self._paused():  # Redis timed out while these calls waited
             return self._finish(batch, 0, _paused_error())
         done = 0
         try:
+            self._drop_if_closed()
             parts = [part for call in batch for part in call.packed]
             self._connection.send_packed_command(parts, check_health=False)
             for call in batch:
@@ -115,11 +120,17 @@ class Pipeline:
             self._connection.disconnect()  # replies still on the way must not be read as later calls'
             if isinstance(exc, TimeoutError):
                 self._down_until = time.monotonic() + self._pause_s
-            elif retry and done == 0 and isinstance(exc, ConnectionError):
-                # The server may have restarted since the last call: one new connection.
-                return self._round_trip(batch, retry=False)
             return self._finish(batch, done, exc)
         return self._finish(batch, done, None)
+
+    def _drop_if_closed(self) -> None:
+        """Disconnect a connection the server closed, or one with bytes waiting (none are due)."""
+        try:
+            stale = self._connection.can_read(timeout=0)  # connects, if not connected
+        except ConnectionError:  # closed by the server (or it cannot connect: sending tries once more)
+            stale = True
+        if stale:
+            self._connection.disconnect()
 
     @staticmethod
     def _finish(batch: list[_Call], done: int, error: Exception | None) -> None:

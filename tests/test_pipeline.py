@@ -2,6 +2,7 @@
 
 import hashlib
 import signal
+import socket
 import threading
 import time
 
@@ -14,6 +15,7 @@ from api.errors import StoreUnavailable
 from api.lua import Script
 from api.pipeline import PipelineRunner
 from api.sessions import Limits
+from api.store import RENEW_NONE
 
 ECHO = "return {KEYS[1], ARGV[1]}"
 
@@ -161,3 +163,60 @@ def test_an_unexpected_error_reaches_every_call_and_nobody_hangs(redis_server):
     with pytest.raises(redis.RedisError):
         script(keys=["k"], args=["later"])  # the pipeline still works: it answers, it does not hang
     client.close()
+
+
+class ReplyLosingProxy:
+    """A TCP proxy to Redis that, when told to, cuts the connection instead of passing Redis's next reply
+    on: the commands ran, their caller never hears."""
+
+    def __init__(self, port):
+        self._port = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.lose_next = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source, target, replies):
+        with source, target:
+            try:
+                while data := source.recv(65536):
+                    if replies and self.lose_next.is_set():
+                        self.lose_next.clear()
+                        for end in (source, target):  # wakes the other direction's thread too
+                            end.shutdown(socket.SHUT_RDWR)
+                        return
+                    target.sendall(data)
+            except OSError:
+                pass
+
+    def close(self):
+        self._listener.close()
+
+
+def test_a_batch_whose_reply_was_lost_is_not_sent_again(redis_server, real_redis, make_store):
+    """Sent again, the start would meet its own new session: refused 403 while that session holds a slot
+    (or, under evict-oldest, evicting a second one). Once sent, the caller gets 503 and nothing runs twice."""
+    proxy = ReplyLosingProxy(redis_server.port)
+    client = redis.Redis(port=proxy.port)
+    store = make_store(client, timeout_s=5)
+    try:
+        store.admit("ann", "tv", "film", Limits(2), 60_000, 65_000, RENEW_NONE)
+        proxy.lose_next.set()
+        with pytest.raises(StoreUnavailable):
+            store.admit("ann", "phone", "film", Limits(2), 60_000, 65_000, RENEW_NONE)
+        assert real_redis.hlen(user_key("ann")) == 2  # the start ran once
+        admitted = store.admit("bob", "tv", "film", Limits(2), 60_000, 65_000, RENEW_NONE)
+        assert admitted.status == "initiated"  # a new connection serves the next call
+    finally:
+        client.close()
+        proxy.close()
