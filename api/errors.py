@@ -99,3 +99,10 @@ class StoreUnavailable(ServiceError):
     status = "503 Service Unavailable"
     code = "store_unavailable"
     message = "session store is unavailable; retry shortly"
+
+
+class StoreFailed(ServiceError):
+    """Redis ran one of our scripts and the script failed: a bug, never taken for Redis being down (so
+    never admitted fail-open)."""
+
+    message = "the session store could not run the operation; it has been logged"

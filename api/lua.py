@@ -16,7 +16,9 @@ live session costs less than 1.3 times the seed's one string key per session (do
 An ended session leaves a tombstone until every token it was given has expired, so a heartbeat can tell
 the player why it ended and can never resume it. A user keeps at most MAX_TOMBSTONES of them (the
 stopped ones go first, then the oldest): a start/stop loop cannot grow its hash, and whatever a dropped
-tombstone lets back in is still held to the user's own limits. Every script reads only its user's hash,
+tombstone would let back in is held out by a mark (the field `~`, which no sid can be: the latest end of
+the tombstones dropped, and its reason): while it lives no session of the user is resumed, and a heartbeat
+of a session without an entry answers 410 with the mark's reason. Every script reads only its user's hash,
 so one account's work is bounded by its own sessions and tombstones. Small hashes stay in Redis's
 compact listpack encoding. The key's TTL is pushed to the latest time it must keep, so an idle user's
 hash disappears by itself; whatever expired is pruned whenever a script reads the hash.
@@ -35,6 +37,7 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000) - EPOCH_MS
 local key = KEYS[1]
 local DIGITS = '0123456789abcdefghijklmnopqrstuvwxyz'
+local MARK = '~'  -- a field no sid can be: what `bury` dropped still ends sessions (see `mark`)
 -- A time in 8 base-36 digits.
 local function b36(n)
   local s = ''
@@ -75,6 +78,8 @@ local function load()
     local s = parse(entries[i], entries[i + 1])
     if s.exp <= now then
       redis.call('HDEL', key, s.sid)
+    elseif s.sid == MARK then
+      -- not a session
     elseif s.reason then
       tombs[#tombs + 1] = s
     else
@@ -98,15 +103,29 @@ local function bury(sid, reason, ttl, tombs)
     return a.exp < b.exp
   end)
   while #tombs > MAX_TOMBSTONES do
-    redis.call('HDEL', key, table.remove(tombs, 1).sid)
+    local dropped = table.remove(tombs, 1)
+    redis.call('HDEL', key, dropped.sid)
+    local mark = redis.call('HGET', key, MARK)
+    if not mark or parse(MARK, mark).exp < dropped.exp then
+      redis.call('HSET', key, MARK, '~' .. b36(dropped.exp) .. dropped.reason)
+    end
   end
 end
-local function flatten(sessions)
-  local flat = {}
+-- The mark, while a tombstone dropped by `bury` would still live: {exp, reason} of the latest one.
+local function mark()
+  local v = redis.call('HGET', key, MARK)
+  if not v then return nil end
+  local m = parse(MARK, v)
+  if m.exp > now then return m end
+  return nil
+end
+-- Appends the sessions to `reply` as sid, started, expires, device, stream (no unpack: its limit is
+-- about 8,000 values, and a user's limit may be larger).
+local function listed(reply, sessions)
   for _, s in ipairs(sessions) do
-    for _, x in ipairs({s.sid, s.start, b36(s.exp), s.device, s.stream}) do flat[#flat + 1] = x end
+    for _, x in ipairs({s.sid, s.start, b36(s.exp), s.device, s.stream}) do reply[#reply + 1] = x end
   end
-  return flat
+  return reply
 end
 """
 )
@@ -171,7 +190,7 @@ local function make_room(holders, max, refusal)
   local excess = #holders - max + 1
   if excess <= 0 then return nil end
   oldest_first(holders)
-  if not evict then return {refusal, now, unpack(flatten(holders))} end
+  if not evict then return listed({refusal, now}, holders) end
   for i = 1, excess do evict_session(holders[i]) end
   return nil
 end
@@ -193,7 +212,7 @@ if device_limit > 0 then
   end
   local excess = #devices - device_limit + 1
   if not by_id[device] and excess > 0 then
-    if not evict then return {'device_limit', now, unpack(flatten(oldest_first(left)))} end
+    if not evict then return listed({'device_limit', now}, oldest_first(left)) end
     table.sort(devices, function(a, b)
       if a.latest ~= b.latest then return a.latest < b.latest end
       return a.id < b.id
@@ -206,7 +225,9 @@ end
 local refused = make_room(not_evicted(), limit, 'limit')
 if refused then return refused end
 add(sid, device, stream, ttl)
-return {'initiated', now, sid, unpack(evicted)}
+local reply = {'initiated', now, sid}
+for _, e in ipairs(evicted) do reply[#reply + 1] = e end
+return reply
 """,
 )
 
@@ -232,6 +253,8 @@ if v then
   -- Expired: gone like a lost session, so the answer never depends on whether a start pruned it.
   redis.call('HDEL', key, sid)
 end
+local ended = mark()
+if ended then return {'gone', now, ended.reason} end
 if tonumber(ARGV[3]) - EPOCH_MS <= now then return {'gone', now, 'expired'} end
 local mine, same_stream, devices, seen = load(), 0, 0, {}
 for _, s in ipairs(mine) do
@@ -292,7 +315,7 @@ LIST = _script(
     "list",
     """
 local mine = load()
-return {now, unpack(flatten(oldest_first(mine)))}
+return listed({now}, oldest_first(mine))
 """,
 )
 

@@ -9,10 +9,10 @@ from typing import Any, Protocol
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from . import lua
-from .errors import LimitReached, SessionGone, StoreUnavailable
+from .errors import LimitReached, SessionGone, StoreFailed, StoreUnavailable
 from .lua import EPOCH_MS
 from .pipeline import PipelineRunner
 from .sessions import Admission, Limits, Session, new_session_id
@@ -157,8 +157,23 @@ class RedisStore:
         try:
             return await self._runner.run(script, user_key(user), args)
         except (RedisError, RedisClusterException, OSError) as exc:
+            if _script_failed(exc):
+                log.error("the %s script failed: %s", script.name, exc)
+                raise StoreFailed() from None
             log.warning("redis unavailable: %s", exc)
             raise StoreUnavailable() from None
+
+
+def _script_failed(exc: Exception) -> bool:
+    """Whether Redis says one of our scripts failed (a bug: 500), not that it cannot serve now (503).
+
+    Either way the error names the script; a failure of the script itself is an `ERR` (which redis-py
+    strips), where Redis being unable to serve has its own code (`OOM`, `READONLY`, `MASTERDOWN`...)."""
+    text = str(exc)
+    if type(exc) is not ResponseError or "@user_script" not in text:
+        return False
+    code = text.split(" ", 1)[0]
+    return code == "ERR" or not code.isupper()
 
 
 def _sessions(user: str, flat: Sequence[bytes]) -> list[Session]:

@@ -8,6 +8,7 @@ from api.lua import EPOCH_MS
 from api.store import KEY_PREFIX, unescape, user_key
 
 SESSION_KEYS = f"{KEY_PREFIX}*"
+MARK = "~"  # the field of a user's mark, which no sid can be
 
 Entry = collections.namedtuple("Entry", "key device stream expires_ms")
 
@@ -42,9 +43,14 @@ def tombstones(client):
     now_ms = redis_now_ms(client)
     found = {}
     for _key, sid, value in _fields(client):
-        if value.startswith("~") and int(value[1:9], 36) + EPOCH_MS > now_ms:
+        if sid != MARK and value.startswith("~") and int(value[1:9], 36) + EPOCH_MS > now_ms:
             found[sid] = value[9:]
     return found
+
+
+def marks(client):
+    """Return {key: reason} of the users' marks: what dropped tombstones hold out (api/lua.py)."""
+    return {key: value[9:] for key, sid, value in _fields(client) if sid == MARK}
 
 
 def live_sessions(client, user=None):

@@ -3,13 +3,16 @@
 import dataclasses
 import time
 
+import hiredis
 import jwt
 import pytest
 from blocking import Blocking
+from redis.exceptions import ResponseError
 
 from api.concurrency import Concurrency
-from api.errors import InvalidToken, SessionGone, StoreUnavailable
+from api.errors import InvalidToken, SessionGone, StoreFailed, StoreUnavailable
 from api.sessions import Admission, Limits, Session
+from api.store import RedisStore
 from api.tokens import SessionTokens
 
 LIMITS = Limits(3)
@@ -248,6 +251,29 @@ def test_fail_open_hands_out_a_degraded_grant(tokens, config, counts, clock, key
     limited = service.start("ann", "phone", "film", Limits(2, device_limit=1))
     assert tokens.verify(limited.token)["dlim"] == 1  # resumption applies it once Redis is back
     assert tokens.verify(service.heartbeat(limited.token, limited.session.sid).token)["dlim"] == 1
+
+
+class ScriptFails:
+    """A runner to which Redis answers that the script failed, as the asyncio runner reads it (hiredis)."""
+
+    async def run(self, script, key, args):
+        reader = hiredis.Reader(replyError=ResponseError)
+        reader.feed(b"-ERR user_script:57: too many results to unpack script: 3f, on @user_script:57.\r\n")
+        raise reader.gets()
+
+
+def test_a_failing_script_is_never_taken_for_an_outage_so_fail_open_admits_nothing(
+    tokens, config, counts, clock
+):
+    """A script that fails (a bug) is a 500; taken for Redis being down, fail-open would admit past it."""
+    config = dataclasses.replace(config, on_store_error="open")
+    service = Blocking(Concurrency(RedisStore(ScriptFails()), tokens, config, count=counts, clock=clock))
+    with pytest.raises(StoreFailed):
+        service.start("ann", "tv", "film", LIMITS)
+    token = tokens.sign(Session("ann", "sid-1", "tv", "film"), int(clock()), 60)
+    with pytest.raises(StoreFailed):
+        service.heartbeat(token, "sid-1")
+    assert counts.total("degraded") == 0
 
 
 def test_fail_closed_reraises(tokens, config, counts, clock):

@@ -5,13 +5,15 @@ import re
 import threading
 import time
 
+import hiredis
 import pytest
-from layout import live_sessions, stored_sessions, tombstones, user_key
+import redis
+from layout import live_sessions, marks, redis_now_ms, stored_sessions, tombstones, user_key
 
 from api.errors import LimitReached, SessionGone, StoreUnavailable
-from api.lua import MAX_TOMBSTONES
+from api.lua import EPOCH_MS, MAX_TOMBSTONES
 from api.sessions import Limits, Session
-from api.store import escape, unescape
+from api.store import _script_failed, escape, unescape
 
 TTL_MS = 60_000
 TOMB_MS = 65_000
@@ -323,6 +325,73 @@ def test_tombstones_are_capped_stopped_ones_first(real_store, real_redis):
     assert gone.value.details["reason"] == "kicked"
 
 
+@pytest.mark.backends
+def test_kicking_more_sessions_than_tombstones_ends_every_one_of_them(store, any_redis):
+    """Past MAX_TOMBSTONES some tombstones are dropped; the mark they leave holds every session out."""
+    many = MAX_TOMBSTONES + 4
+    sessions = [
+        store.admit("ann", f"tv{n}", "film", Limits(many), TTL_MS, TOMB_MS).session for n in range(many)
+    ]
+    assert len(store.kick("ann", None, TOMB_MS)) == many
+    assert len(tombstones(any_redis)) == MAX_TOMBSTONES
+    assert marks(any_redis) == {user_key("ann"): "kicked"}
+    for session in sessions:
+        with pytest.raises(SessionGone) as gone:
+            store.refresh(session, TTL_MS, far_future_ms(any_redis), many)
+        assert gone.value.details["reason"] == "kicked"
+    assert sessions_of(any_redis, "ann") == {}
+    assert store.admit("ann", "tv", "film", Limits(many), TTL_MS, TOMB_MS).status == "initiated"
+    assert store.sessions("ann")[1][0].device == "tv"  # the mark is no session
+
+
+@pytest.mark.backends
+def test_a_stop_whose_tombstone_is_dropped_at_once_stays_stopped(store, any_redis):
+    """With the cap full of kicked tombstones, a stop's own tombstone goes first: the mark keeps it ended."""
+    many = MAX_TOMBSTONES + 1
+    for n in range(MAX_TOMBSTONES):
+        store.admit("ann", f"tv{n}", "film", Limits(many), TTL_MS, TOMB_MS)
+    store.kick("ann", None, TOMB_MS)
+    stopped = store.admit("ann", "phone", "film", Limits(many), TTL_MS, TOMB_MS).session
+    assert store.release(stopped, TOMB_MS) is True
+    assert stopped.sid not in tombstones(any_redis)
+    with pytest.raises(SessionGone) as gone:
+        store.refresh(stopped, TTL_MS, far_future_ms(any_redis), many)
+    assert gone.value.details["reason"] == "stopped"
+
+
+def test_the_mark_expires_with_the_tombstones_it_replaced(real_store, real_redis):
+    """Once every dropped tombstone would have expired, a lost session resumes again."""
+    short_ms = 300
+    for n in range(MAX_TOMBSTONES + 1):
+        session = real_store.admit("ann", f"tv{n}", "film", Limits(2), TTL_MS, short_ms).session
+        real_store.release(session, short_ms)
+    assert marks(real_redis) == {user_key("ann"): "stopped"}
+    lost = real_store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS).session
+    real_redis.hdel(user_key("ann"), lost.sid)
+    time.sleep(short_ms / 1000 + 0.1)
+    assert real_store.refresh(lost, TTL_MS, far_future_ms(real_redis), 2)[0] == "resumed"
+
+
+def b36(number):
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    return "".join(digits[number // 36**i % 36] for i in reversed(range(8)))
+
+
+@pytest.mark.parametrize("refused_by", ["limit", "device_limit"])
+def test_refusals_and_listings_of_thousands_of_sessions_are_answered(real_store, real_redis, refused_by):
+    """A user's limit may be large (a `climit` claim); Lua's unpack stops near 8,000 values."""
+    many = 2_000
+    now_ms = redis_now_ms(real_redis) - EPOCH_MS
+    value = b36(now_ms + TTL_MS) + b36(now_ms)
+    real_redis.hset(user_key("ann"), mapping={f"s{n:011d}": f"{value}tv|film{n}" for n in range(many)})
+    limits = Limits(many) if refused_by == "limit" else Limits(many + 1, device_limit=1)
+    with pytest.raises(LimitReached) as refused:
+        real_store.admit("ann", "phone", "film", limits, TTL_MS, TOMB_MS)
+    assert refused.value.active == (many if refused_by == "limit" else 1)  # sessions, or devices
+    assert len(refused.value.holders) == many
+    assert len(real_store.sessions("ann")[1]) == many
+
+
 def test_lost_session_does_not_resume_over_the_stream_limit(store, any_redis):
     session = store.admit("ann", "tv", "match", Limits(5, stream_limit=1), TTL_MS, TOMB_MS).session
     any_redis.flushall()
@@ -429,3 +498,22 @@ def test_lost_session_resumes_only_within_the_device_limit(store, any_redis):
     # A device that still plays is no new device; without a device limit the tv comes back too.
     assert store.refresh(on_phone, TTL_MS, far_future_ms(any_redis), 5, device_limit=1)[0] == "resumed"
     assert store.refresh(on_tv, TTL_MS, far_future_ms(any_redis), 5)[0] == "resumed"
+
+
+def test_a_script_failure_is_told_from_redis_being_unable_to_serve(real_redis):
+    """Both clients' spelling of a failed script (redis-py strips `ERR`, hiredis does not) is a failure;
+    errors with their own code (Redis cannot serve now) are not, even when they name the script."""
+    with pytest.raises(redis.ResponseError) as failed:
+        real_redis.eval("return x.y", 0)
+    reader = hiredis.Reader(replyError=redis.ResponseError)
+    reader.feed(b"-ERR user_script:1: too many results to unpack script: 3f, on @user_script:1.\r\n")
+    assert _script_failed(failed.value) and _script_failed(reader.gets())
+    for outage in (
+        redis.ResponseError("MASTERDOWN Link with MASTER is down script: 3f, on @user_script:1."),
+        redis.exceptions.ReadOnlyError(
+            "You can't write against a read only replica. script: 3f, on @user_script:1."
+        ),
+        redis.ConnectionError("Connection closed by server."),
+        redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."),
+    ):
+        assert not _script_failed(outage), outage
