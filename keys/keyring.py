@@ -23,6 +23,7 @@ from .store import Fingerprint, KeyStore
 log = logging.getLogger(__name__)
 
 RELOAD_INTERVAL_S = 1.0
+RETRY_REJECTED_S = 30.0  # a key set refused for what its fingerprint does not show is read again after this
 
 
 class KeySet:
@@ -76,7 +77,7 @@ class Keyring:
         self._lock = threading.Lock()
         self._fingerprint = store.fingerprint()
         self._keys = KeySet(store.load())
-        self._rejected: Fingerprint | None = None
+        self._rejected: tuple[Fingerprint, float] | None = None  # and when to try it again
         self._next_check = clock() + reload_interval_s
 
     @classmethod
@@ -117,9 +118,12 @@ class Keyring:
                 self._lock.release()
 
     def _reload(self) -> bool:
-        self._next_check = self._clock() + self._interval
+        now = self._clock()
+        self._next_check = now + self._interval
         fingerprint = self._store.fingerprint()
-        if fingerprint in (self._fingerprint, self._rejected):
+        if fingerprint == self._fingerprint:
+            return False
+        if self._rejected is not None and self._rejected[0] == fingerprint and now < self._rejected[1]:
             return False
         try:
             keys = KeySet(self._store.load())
@@ -127,8 +131,9 @@ class Keyring:
                 raise KeyStoreError(f"{self._store.manifest_path}: no key is active")
         except KeyStoreError as exc:
             # The fingerprint was taken before loading, so a write racing the load changes it and is retried.
+            # What the fingerprint does not see (a read that failed for a moment) is retried after a while.
             log.error("keeping the previous signing keys: %s", exc)
-            self._rejected = fingerprint
+            self._rejected = (fingerprint, now + RETRY_REJECTED_S)
             return False
         self._keys, self._fingerprint, self._rejected = keys, fingerprint, None
         log.info("signing keys reloaded: %s", ", ".join(f"{k.kid} {k.state}" for k in keys.keys))

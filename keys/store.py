@@ -87,10 +87,12 @@ class KeyStore:
         return sorted(records, key=lambda r: r.created)
 
     def fingerprint(self) -> Fingerprint:
-        """Return a cheap summary of the key files that changes whenever one of them does."""
+        """Return a cheap summary of the key files, and of the directory (whose mode and owner count when
+        loading), that changes whenever one of them does."""
         try:
+            own = os.stat(self.directory)
             with os.scandir(self.directory) as entries:
-                return tuple(
+                return (("", own.st_ino, own.st_mode, own.st_uid, own.st_gid, 0),) + tuple(
                     sorted(
                         (e.name, s.st_ino, s.st_mtime_ns, s.st_ctime_ns, s.st_mode, s.st_size)
                         for e in entries

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from keys.errors import KeyStoreError
-from keys.keyring import Keyring, KeySet
+from keys.keyring import RETRY_REJECTED_S, Keyring, KeySet
 from keys.material import generate_private_key, pem_of
 from keys.store import KeyStore
 
@@ -142,6 +142,42 @@ def test_recovers_when_the_directory_is_fixed(store):
     os.chmod(pem_path, 0o600)
     clock.now += 1.0
     assert other in [k["kid"] for k in keyring.current.jwks["keys"]]
+
+
+def test_a_set_refused_while_the_directory_was_group_writable_is_taken_once_it_is_fixed(store):
+    """The directory's own mode counts when loading, so it counts in the fingerprint too."""
+    store.generate("ES256")
+    clock = Ticker()
+    keyring = Keyring(store, reload_interval_s=1.0, clock=clock)
+    other = store.generate("ES256")
+    os.chmod(store.directory, 0o770)
+    clock.now += 1.0
+    assert other not in keyring.current.verifying
+    os.chmod(store.directory, 0o700)
+    clock.now += 1.0
+    assert other in keyring.current.verifying
+
+
+def test_a_set_refused_for_what_its_fingerprint_does_not_show_is_read_again_later(store, monkeypatch):
+    """A read that failed for a moment (EIO, EACCES) is retried after RETRY_REJECTED_S, not only on the
+    next write to the directory."""
+    store.generate("ES256")
+    clock = Ticker()
+    keyring = Keyring(store, reload_interval_s=1.0, clock=clock)
+    other = store.generate("ES256")
+    load = store.load
+
+    def fails_once():
+        monkeypatch.setattr(store, "load", load)
+        raise KeyStoreError("input/output error")
+
+    monkeypatch.setattr(store, "load", fails_once)
+    clock.now += 1.0
+    assert other not in keyring.current.verifying
+    clock.now += 1.0
+    assert other not in keyring.current.verifying  # not read again at every poll
+    clock.now += RETRY_REJECTED_S
+    assert other in keyring.current.verifying
 
 
 def test_app_answers_while_the_directory_is_broken(store, config, fake_redis, make_client):
