@@ -105,8 +105,8 @@ local function bury(sid, reason, ttl, tombs)
   while #tombs > MAX_TOMBSTONES do
     local dropped = table.remove(tombs, 1)
     redis.call('HDEL', key, dropped.sid)
-    local mark = redis.call('HGET', key, MARK)
-    if not mark or parse(MARK, mark).exp < dropped.exp then
+    local kept = redis.call('HGET', key, MARK)
+    if not kept or parse(MARK, kept).exp < dropped.exp then
       redis.call('HSET', key, MARK, '~' .. b36(dropped.exp) .. dropped.reason)
     end
   end

@@ -137,7 +137,7 @@ def _challenge(message: str) -> tuple[str, str]:
 def _unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: Any) -> None:
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = INTERNAL_ERROR
+    resp.media = dict(INTERNAL_ERROR)
 
 
 def _serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
