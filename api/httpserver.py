@@ -119,7 +119,7 @@ class Responder:
         self.response_bytes(status, headers, b"")
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-        keep_alive = self._keep_alive
+        keep_alive = self._keep_alive and not self._connection.ending
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")), _date()]
         length = b"%d" % len(body)
         for name, value in headers:
@@ -171,7 +171,8 @@ class Connection(asyncio.Protocol):
         self._reading_head = False  # from its first byte until its headers are in
         self._reading_body = False  # then until it is whole
         self._began = False  # it began in the read being parsed
-        self._head_bytes = 0  # read while its head was incomplete
+        self._followed = False  # and another request ended before it in that read
+        self._wire = 0  # its bytes read so far (head, body and framing), as far as they are known
         self._head_size = 0  # its URL and headers as parsed
         self._url = b""
         self._headers: list[tuple[str, str]] = []
@@ -214,6 +215,18 @@ class Connection(asyncio.Protocol):
         self._cancel_timers()
         self._worker.closed(self)
 
+    def eof_received(self) -> bool:
+        """The client sends nothing more (a half-close): answer what came whole, then close."""
+        self._last = True
+        self._next()
+        return True  # keep the transport open to write the answers
+
+    @property
+    def ending(self) -> bool:
+        """Whether the connection closes after the answer being written (nothing else is queued, and it
+        reads no more or the worker stops): tell the client so."""
+        return (self._last or self._worker.stopping) and not self._queue
+
     def pause_writing(self) -> None:
         """The client does not read its answers: it has the body timeout to start again, then as long
         again to read what was written before a reset (close)."""
@@ -228,7 +241,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._last:
             return
-        self._began = False
+        self._began = self._followed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -243,17 +256,30 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._refuse_raw(400, "bad_request", f"malformed HTTP request: {_reason(exc)}")
             return
-        if self._reading_head:  # an incomplete head: bound what httptools holds of it, whatever it is
-            limit = self._config.max_header_bytes
-            self._head_bytes = min(len(data), limit) if self._began else self._head_bytes + len(data)
-            if self._head_bytes >= limit:
-                self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
+        if self._reading_head or self._reading_body:
+            self._count_wire(len(data))
+
+    def _count_wire(self, size: int) -> None:
+        """Bound what httptools holds of an incomplete request, whatever it is: an unfinished header line,
+        chunk framing or a trailer (which httptools reads whole before any callback)."""
+        if not self._began:
+            self._wire += size
+        elif not self._followed:
+            self._wire = size  # the request began at this read's first byte
+        else:  # it began after another request in this read, somewhere: what was parsed of it
+            self._wire = self._head_size + self._body_bytes
+        head_limit = self._config.max_header_bytes
+        if self._reading_head and self._wire >= head_limit:
+            self._refuse_raw(431, "headers_too_large", "the request line and headers are too large")
+        elif self._reading_body and self._wire > head_limit + 2 * self._config.max_body_bytes:
+            # A body within its limit: the rest is chunk framing or a trailer, up to as much again.
+            self._refuse(too_large(PayloadTooLarge.over(self._config.max_body_bytes)))
 
     # httptools' callbacks
 
     def on_message_begin(self) -> None:
         self._expect(self._config.header_timeout_s, self.close)
-        self._reading_head, self._began, self._head_bytes, self._head_size = True, True, 0, 0
+        self._reading_head, self._began, self._wire, self._head_size = True, True, 0, 0
         self._url, self._headers, self._length, self._continue = b"", [], 0, False
         self._body, self._body_bytes = [], 0
         self._started = time.perf_counter()
@@ -289,7 +315,10 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._reading_head, self._reading_body = False, True
-        self._expect(self._config.body_timeout_s, self._body_too_slow)
+        if self._continue:
+            self._on_deadline = None  # its body is due once invited: _maybe_continue arms the deadline
+        else:
+            self._expect(self._config.body_timeout_s, self._body_too_slow)
         if self._length > self._config.max_body_bytes:
             self._refuse(too_large(PayloadTooLarge.over(self._config.max_body_bytes)))
             raise _Refused  # feed_data stops here
@@ -303,7 +332,7 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._reading_body = False
+        self._reading_body, self._followed = False, True
         self._on_deadline = None
         scope = self._scope()
         version_10 = self._parser.get_http_version() == "1.0"
@@ -378,6 +407,7 @@ class Connection(asyncio.Protocol):
             self._continue = False
             if self._parser.get_http_version() == "1.1" and self._transport is not None:
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._expect(self._config.body_timeout_s, self._body_too_slow)  # the body is due from now on
 
     # deadlines
 

@@ -577,3 +577,83 @@ def test_a_connection_closed_before_it_was_made_closes_its_socket():
         return transport.closing
 
     assert asyncio.run(scenario())
+
+
+def test_the_100_continue_body_deadline_runs_from_the_invitation():
+    """Held back behind a slow answer longer than the body timeout, the 100 still comes, and the body
+    then has its whole timeout (it got 408 uninvited)."""
+
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        expecting = b"POST /fine HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n" + expecting)
+        await reader.readuntil(b"fine")
+        invited = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        writer.write(b"{}")
+        answered = await asyncio.wait_for(reader.readuntil(b"fine"), 2)
+        writer.close()
+        return invited, answered
+
+    invited, answered = run_worker(Slow(), scenario, body_timeout_s=0.2)
+    assert invited == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert answered.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_trailer_without_end_is_cut_off_at_the_size_limit(server):
+    """httptools reads a trailer line whole before any callback: the bytes of a chunked request are bounded
+    (its body's limit, twice, and the header limit) so one connection cannot grow a worker's memory."""
+    head = b"PUT /v1/sessions/abc HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: "
+    limit = Config().max_header_bytes + 2 * Config().max_body_bytes
+    with connect(server) as sock:
+        sock.sendall(head)
+        sent = 0
+        try:
+            while sent <= 4 * limit:
+                sock.sendall(b"a" * 16384)
+                sent += 16384
+        except OSError:  # reset: the server answered and closed
+            pass
+        ((status, headers, _),) = read_answers(sock, 1)
+    assert status == 413 and headers["connection"] == "close"  # not the body timeout's 408
+
+
+def test_a_read_that_ends_inside_a_pipelined_head_counts_that_head_alone(server):
+    """Bytes of the requests before it in the same read are not the next request's header bytes."""
+    body = json.dumps({"userId": new_user("split"), "deviceId": "tv", "streamId": "film"}).encode()
+    body += b" " * (Config().max_body_bytes - len(body) - 100)
+    post = b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    post += b"Content-Length: %d\r\n\r\n" % len(body) + body
+    with connect(server) as sock:
+        sock.sendall(post + b"GET /healthz HT")
+        time.sleep(0.2)  # the server reads the first part alone
+        sock.sendall(b"TP/1.1\r\nHost: x\r\n\r\n")
+        assert [status for status, _, _ in read_answers(sock, 2)] == [201, 200]
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_their_answers(server):
+    """Answered, then closed, as other servers do; the answers were dropped while the starts took effect."""
+    with connect(server) as sock:
+        sock.sendall(start_request(new_user("half-close")) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        answers = read_answers(sock, 2)
+        assert [status for status, _, _ in answers] == [201, 200]
+        assert answers[1][1]["connection"] == "close"
+        assert closed(sock)
+
+
+def test_an_answer_given_while_the_worker_stops_says_connection_close(redis_server, keys_dir):
+    """The worker closes after it; a client told keep-alive could send its next request into the close."""
+    process = ServerProcess(redis_server.url, keys_dir, workers=1, drain_s=0, shutdown_timeout_s=5)
+    try:
+        with connect(process) as sock:
+            sock.sendall(b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b"Content-Length: 2\r\n\r\n")
+            time.sleep(0.2)
+            process.terminate()
+            time.sleep(0.5)  # the worker is stopping, the request in hand
+            sock.sendall(b"{}")
+            ((status, headers, _),) = read_answers(sock, 1)
+            assert status == 404 and headers["connection"] == "close"
+            assert closed(sock)
+    finally:
+        process.stop()
