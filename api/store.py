@@ -66,17 +66,22 @@ class RedisStore:
         self._timeout_ms = int(timeout_s * 1000)
         self._server_offset_ms: int | None = None  # Redis clock minus this process's monotonic clock
 
-    def _learn_server_time(self, now_ms: int) -> None:
-        self._server_offset_ms = now_ms - time.monotonic_ns() // 1_000_000
+    def _learn_server_time(self, now_ms: int, sent_ms: int) -> None:
+        """Learn the Redis clock from a script that ran at Redis time `now_ms`, sent at local `sent_ms`.
 
-    def _deadline_ms(self) -> int:
-        """Return the Redis time after which a start must not run (0: not known yet).
+        The script ran at some local time between its sending and its answer, so `now_ms - sent_ms` is
+        the most the offset can be. Erring that way only ever makes a deadline later: a worker that
+        reads an answer late (a stall, the GIL) must not refuse the next start as late."""
+        self._server_offset_ms = now_ms - sent_ms
+
+    def _deadline_ms(self, sent_ms: int) -> int:
+        """Return the Redis time after which a start sent at local `sent_ms` must not run (0: none yet).
 
         A start sent just before Redis hangs runs when it wakes, long after its player was told 503:
         it would hold a slot nobody plays. Redis refuses it once its answer would come too late."""
         if self._server_offset_ms is None:  # learned from the first answer of Redis
             return 0
-        return time.monotonic_ns() // 1_000_000 + self._server_offset_ms + self._timeout_ms
+        return sent_ms + self._server_offset_ms + self._timeout_ms
 
     async def admit(
         self,
@@ -93,11 +98,19 @@ class RedisStore:
         `renew` says which may be renewed: RENEW_SAME (the caller speaks for the user), a sid (the caller
         showed that session's token) or RENEW_NONE (anyone could be asking: always a new session)."""
         evict = "1" if limits.evict_oldest else "0"
+        sent_ms = _local_ms()
         args: tuple[object, ...] = (escape(device), escape(stream), self._new_sid(), ttl_ms, limits.limit)
-        args += (limits.stream_limit, evict, tombstone_ms, self._deadline_ms(), renew, limits.device_limit)
+        args += (
+            limits.stream_limit,
+            evict,
+            tombstone_ms,
+            self._deadline_ms(sent_ms),
+            renew,
+            limits.device_limit,
+        )
         reply = await self._call(lua.ADMIT, user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
-        self._learn_server_time(now_ms)
+        self._learn_server_time(now_ms, sent_ms)
         if status == "late":
             raise StoreUnavailable("session store answered too late; retry shortly")
         if status in _REFUSALS:
@@ -121,9 +134,10 @@ class RedisStore:
         Return (status, server ms) with status "updated" or "resumed"."""
         args: tuple[object, ...] = (session.sid, ttl_ms, token_exp_ms, limit, escape(session.device))
         args += (escape(session.stream), stream_limit, device_limit)
+        sent_ms = _local_ms()
         reply = await self._call(lua.REFRESH, session.user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
-        self._learn_server_time(now_ms)
+        self._learn_server_time(now_ms, sent_ms)
         if status == "gone":
             raise SessionGone(reply[2].decode())
         return status, now_ms
@@ -162,6 +176,10 @@ class RedisStore:
                 raise StoreFailed() from None
             log.warning("redis unavailable: %s", exc)
             raise StoreUnavailable() from None
+
+
+def _local_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 def _script_failed(exc: Exception) -> bool:

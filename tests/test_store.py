@@ -13,7 +13,7 @@ from layout import live_sessions, marks, redis_now_ms, stored_sessions, tombston
 from api.errors import LimitReached, SessionGone, StoreUnavailable
 from api.lua import EPOCH_MS, MAX_TOMBSTONES
 from api.sessions import Limits, Session
-from api.store import _script_failed, escape, unescape
+from api.store import _runner_of, _script_failed, escape, unescape
 
 TTL_MS = 60_000
 TOMB_MS = 65_000
@@ -178,6 +178,45 @@ def test_one_round_trip_per_operation(real_store, real_redis):
     assert stats["cmdstat_evalsha"]["calls"] == 3
     assert "cmdstat_script|load" not in stats
     assert not any(name.startswith("cmdstat_eval") and name != "cmdstat_evalsha" for name in stats)
+
+
+class Stalled:
+    """A runner whose process stalls for `seconds` before sending a call, or after its answer came."""
+
+    def __init__(self, client, seconds):
+        self._runner = _runner_of(client)
+        self.seconds, self.before, self.after = seconds, False, False
+
+    async def run(self, script, key, args):
+        if self.before:
+            time.sleep(self.seconds)
+        reply = await self._runner.run(script, key, args)
+        if self.after:
+            time.sleep(self.seconds)
+        return reply
+
+    def close(self):
+        self._runner.close()
+
+
+def test_a_start_that_reaches_redis_after_its_timeout_is_refused_and_leaves_nothing(make_store, real_redis):
+    runner = Stalled(real_redis, seconds=0.3)
+    store = make_store(runner, timeout_s=0.1)
+    store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS)  # learns the Redis clock
+    runner.before = True
+    with pytest.raises(StoreUnavailable):
+        store.admit("bob", "tv", "film", Limits(2), TTL_MS, TOMB_MS)
+    assert live_sessions(real_redis, "bob") == {}
+
+
+def test_an_answer_read_late_does_not_make_the_next_start_late(make_store, real_redis):
+    """The Redis clock is learned from when a call was sent, never from when its answer was read."""
+    runner = Stalled(real_redis, seconds=0.3)
+    store = make_store(runner, timeout_s=0.1)
+    runner.after = True
+    store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS)
+    runner.after = False
+    assert store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS).status == "initiated"
 
 
 # Plans, eviction, per-stream limits, kicks, resumption.
