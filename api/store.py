@@ -71,8 +71,13 @@ class RedisStore:
 
         The script ran at some local time between its sending and its answer, so `now_ms - sent_ms` is
         the most the offset can be. Erring that way only ever makes a deadline later: a worker that
-        reads an answer late (a stall, the GIL) must not refuse the next start as late."""
-        self._server_offset_ms = now_ms - sent_ms
+        reads an answer late (a stall, the GIL) must not refuse the next start as late. An answer that
+        took longer than the timeout teaches nothing unless it lowers the bound, so a deadline is never
+        later than one timeout past its true time."""
+        offset = now_ms - sent_ms
+        known = self._server_offset_ms
+        if known is None or offset < known or _local_ms() - sent_ms <= self._timeout_ms:
+            self._server_offset_ms = offset
 
     def _deadline_ms(self, sent_ms: int) -> int:
         """Return the Redis time after which a start sent at local `sent_ms` must not run (0: none yet).

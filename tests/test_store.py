@@ -219,6 +219,19 @@ def test_an_answer_read_late_does_not_make_the_next_start_late(make_store, real_
     assert store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS).status == "initiated"
 
 
+def test_an_answer_slower_than_the_timeout_does_not_push_the_next_deadline_back(make_store, real_redis):
+    runner = Stalled(real_redis, seconds=0.3)
+    store = make_store(runner, timeout_s=0.1)
+    store.admit("ann", "tv", "film", Limits(3), TTL_MS, TOMB_MS)  # a quick answer: learned from
+    runner.before = True
+    with pytest.raises(StoreUnavailable):  # ran 0.3 s after it was sent: late, and teaches nothing
+        store.admit("ann", "phone", "film", Limits(3), TTL_MS, TOMB_MS)
+    runner.seconds = 0.15
+    with pytest.raises(StoreUnavailable):
+        store.admit("bob", "tv", "film", Limits(3), TTL_MS, TOMB_MS)
+    assert live_sessions(real_redis, "bob") == {}
+
+
 # Plans, eviction, per-stream limits, kicks, resumption.
 
 
