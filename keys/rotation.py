@@ -214,7 +214,7 @@ class Lifecycle:
         return [*steps, Step("revoked", kid, now)]
 
     def prune(self) -> list[Step]:
-        """Retire every retiring key whose last token has expired; clean up stale temporary files."""
+        """Retire every retiring key whose last token has expired; clean up what a crash left behind."""
         with self._store.locked():
             return self._prune(self._store.records(), self._clock())
 
@@ -228,6 +228,9 @@ class Lifecycle:
         for record in done:
             self._store.delete_private(record.kid)
             self._store.changed("prune", record.kid, state="retired")
+        for record in records:  # a command that died between saving the manifest and deleting the PEM
+            if record.state in ("retired", "revoked"):
+                self._store.delete_private(record.kid)
         self._store.remove_temp_files(now - STALE_TEMP_FILE_S)
         waiting = [r for r in retiring if r.state == "retiring"]
         return [Step("pruned", r.kid, now) for r in done] + [

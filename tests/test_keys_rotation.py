@@ -204,6 +204,23 @@ def test_prune_removes_stale_temporary_files(store, lifecycle, clock):
     assert not os.path.exists(stale) and os.path.exists(fresh)
 
 
+def test_prune_deletes_the_private_key_a_crash_left_behind(store, lifecycle, clock):
+    """A command that died after saving the manifest but before deleting the PEM leaves a key on disk."""
+    retired = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    clock.now = next(r for r in store.records() if r.kid == retired).times["retiring"] + POLICY.retiring_s
+    lifecycle.prune()
+    revoked = store.generate("ES256", state="next")
+    lifecycle.revoke(revoked)
+    assert (states(store)[retired], states(store)[revoked]) == ("retired", "revoked")
+    for kid in (retired, revoked):
+        with open(os.path.join(store.directory, f"{kid}.pem"), "w") as file:
+            file.write("left behind")
+    lifecycle.prune()
+    assert not any(os.path.exists(os.path.join(store.directory, f"{kid}.pem")) for kid in (retired, revoked))
+    store.load()  # raises if a key that still signs or verifies lost its PEM
+
+
 def test_there_is_always_a_signing_key(store, lifecycle, clock):
     """Walk several rotations, revocations and prunes; at every step some key signs and no gap opens."""
     store.generate("ES256")
