@@ -11,8 +11,10 @@ more, within these bounds:
   CONCURRENCY_KEEPALIVE_TIMEOUT;
 - its body within CONCURRENCY_BODY_TIMEOUT once the headers came, else 408;
 - request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES and MAX_HEADERS fields (else 431),
-  a body of at most CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these closes the
-  connection, after the answers to the requests read before it;
+  a body of at most CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these ends the
+  connection, after the answers to the requests read before it: the worker stops writing but reads on,
+  dropping what comes, for LINGER_S before it closes, so a client still sending what was refused is not
+  reset before it reads its answer;
 - at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
   pipelined ones wait their turn, 32 at most): past it the worker stops accepting and connections wait
   in the listen queue, of the same length;
@@ -61,6 +63,7 @@ STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish an
 KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
 ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
 ACCEPT_RETRY_S = 0.1  # after accept() failed (out of file descriptors): the pause before trying again
+LINGER_S = 2.0  # after a refusal: how long to read on (and drop) what the client still sends
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -194,6 +197,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stalled: asyncio.TimerHandle | None = None  # the client reads no answers
+        self._lingering: asyncio.TimerHandle | None = None  # refused: reading on before the close
 
     def itself(self) -> "Connection":
         """The protocol factory of an accepted socket."""
@@ -217,6 +221,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client sends nothing more (a half-close): answer what came whole, then close."""
+        if self._lingering is not None:
+            return False  # it stopped sending what was refused: close
         self._last = True
         self._next()
         return True  # keep the transport open to write the answers
@@ -377,13 +383,13 @@ class Connection(asyncio.Protocol):
         self._next()
 
     def answer(self, data: bytes, keep_alive: bool) -> None:
-        """Send one answer; close the connection after it unless another request may follow."""
+        """Send one answer; end the connection after it unless another request may follow."""
         self._answered = True
         if self._closing or self._transport is None:
             return
         self._transport.write(data)
         if not keep_alive:
-            self.close()
+            self._linger()
 
     @property
     def idle(self) -> bool:
@@ -439,10 +445,10 @@ class Connection(asyncio.Protocol):
             self._arm(self._deadline)
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._stalled):
+        for timer in (self._timer, self._stalled, self._lingering):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._stalled = None
+        self._timer = self._stalled = self._lingering = None
 
     # refusals: each ends the connection, after the answers to the requests that came before it
 
@@ -467,7 +473,21 @@ class Connection(asyncio.Protocol):
 
     def _final(self, refusal: Callable[[], None]) -> None:
         refusal()
-        self.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop writing, but read on for LINGER_S, or until the client closes too, before closing: closing
+        a socket with unread bytes makes the kernel send a reset, which on a real network can destroy the
+        answer before the client reads it (a client refused in the middle of a body still sends the rest,
+        and one told `Connection: close` may have pipelined more)."""
+        transport = self._transport
+        if self._closing or transport is None:  # closed, or lingering already
+            return
+        self._closing = True
+        self._queue.clear()
+        self._cancel_timers()
+        transport.write_eof()  # after what is buffered: the client reads the answer, then the end
+        self._lingering = self._loop.call_later(LINGER_S, self.close)
 
     def _write_raw(self, status: int, code: str, message: str) -> None:
         if self._transport is not None and not self._closing:

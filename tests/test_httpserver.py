@@ -20,7 +20,7 @@ from players import new_user
 from processes import ServerProcess, wait_until
 
 from api.config import Config
-from api.httpserver import BOOT_FAILED, MAX_HEADERS, MAX_PIPELINED, Connection, Worker, serve
+from api.httpserver import BOOT_FAILED, LINGER_S, MAX_HEADERS, MAX_PIPELINED, Connection, Worker, serve
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -615,6 +615,39 @@ def test_a_trailer_without_end_is_cut_off_at_the_size_limit(server):
             pass
         ((status, headers, _),) = read_answers(sock, 1)
     assert status == 413 and headers["connection"] == "close"  # not the body timeout's 408
+
+
+REFUSED_HEAD = (
+    b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 100000000\r\n\r\n"
+)
+
+
+def test_a_refused_client_still_sending_is_not_reset_while_it_reads_its_answer(server):
+    """Closing with unread bytes makes the kernel reset the connection, which on a real network can destroy
+    the answer before the client reads it: after a refusal the server half-closes and reads on."""
+    with connect(server) as sock:
+        sock.sendall(REFUSED_HEAD)
+        ((status, headers, _),) = read_answers(sock, 1)
+        assert status == 413 and headers["connection"] == "close"
+        for _ in range(64):  # a megabyte more of the body it was refused, over a quarter second
+            sock.sendall(b"a" * 16384)
+            time.sleep(0.004)
+        assert sock.recv(1) == b""  # the server's half-close, not a reset
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1) == b""
+
+
+def test_a_refused_client_that_sends_on_and_on_is_closed(server):
+    with connect(server) as sock:
+        sock.sendall(REFUSED_HEAD)
+        ((status, _, _),) = read_answers(sock, 1)
+        assert status == 413
+        until = time.monotonic() + 10 * LINGER_S
+        with pytest.raises(OSError):  # reset once the server stops reading
+            while time.monotonic() < until:
+                sock.sendall(b"a" * 16384)
+                time.sleep(0.01)
 
 
 def test_a_read_that_ends_inside_a_pipelined_head_counts_that_head_alone(server):
