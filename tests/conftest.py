@@ -13,7 +13,7 @@ from blocking import Blocking
 from cluster import Inspector, LoopbackCluster
 from idp import IdentityProvider
 from players import CALLER_NAME, CALLER_SECRET
-from processes import TEST_TTL_S, RedisServer, ServerProcess
+from processes import PATIENT_TIMEOUT_S, TEST_TTL_S, RedisServer, ServerProcess
 
 from api.app import create_app
 from api.config import Config
@@ -69,8 +69,8 @@ def inspector(cluster):
 @pytest.fixture(scope="session")
 def cluster_store(cluster):
     """The store as the service makes it in cluster mode: through `connect`."""
-    client = connect(Config(redis_mode="cluster", redis_url=cluster.url))
-    yield Blocking(RedisStore(client))
+    client = connect(Config(redis_mode="cluster", redis_url=cluster.url, redis_timeout_s=PATIENT_TIMEOUT_S))
+    yield Blocking(RedisStore(client, timeout_s=PATIENT_TIMEOUT_S))
     client.close()
 
 
@@ -104,6 +104,7 @@ def make_store():
     made = []
 
     def make(client, **options):
+        options.setdefault("timeout_s", PATIENT_TIMEOUT_S)
         made.append(RedisStore(client, **options))
         return Blocking(made[-1])
 
@@ -154,7 +155,7 @@ def make_client():
     stores = []
 
     def make(config, redis_client, keyring):
-        stores.append(RedisStore(redis_client))
+        stores.append(RedisStore(redis_client, timeout_s=PATIENT_TIMEOUT_S))
         return falcon.testing.TestClient(create_app(config, stores[-1], keyring))
 
     yield make

@@ -18,6 +18,9 @@ import redis
 from api.config import Config
 
 TEST_TTL_S = 60
+# The Redis timeout of the tests' servers and stores: a loaded machine can stall a round trip past the
+# 0.25 s default, and any test would see a 503. The tests of timeouts and outages set their own.
+PATIENT_TIMEOUT_S = 5
 
 
 def free_port():
@@ -105,6 +108,7 @@ class ServerProcess:
 
     def __init__(self, redis_url, keys_dir, workers=2, threads=4, host="127.0.0.1", server=None, **env):
         env.setdefault("drain_s", 0)  # tests stop many servers; the shutdown tests ask for a drain
+        env.setdefault("redis_timeout_s", PATIENT_TIMEOUT_S)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {

@@ -116,7 +116,9 @@ def test_service_starts_without_the_cluster_and_recovers(keys_dir, tmp_path):
     ports = cluster_ports(3)
     server = late = None
     try:
-        server = ServerProcess(f"redis://127.0.0.1:{ports[0]}/0", keys_dir, redis_mode="cluster")
+        server = ServerProcess(
+            f"redis://127.0.0.1:{ports[0]}/0", keys_dir, redis_mode="cluster", redis_timeout_s=0.25
+        )
         assert server.request("GET", "/healthz").status == 200
         for _ in range(2):  # nothing listening; then nodes up, but no cluster made of them yet
             not_ready = server.request("GET", "/readyz")
@@ -208,7 +210,9 @@ def test_a_hung_then_dead_master_fails_only_its_own_users(keys_dir, tmp_path):
     urls = ",".join(f"redis://127.0.0.1:{port}" for port in doomed.ports)  # the victim's first
     server, clients = None, []
     try:
-        server = ServerProcess(urls, keys_dir, redis_mode="cluster", session_ttl_s=TEST_TTL_S)
+        server = ServerProcess(
+            urls, keys_dir, redis_mode="cluster", session_ttl_s=TEST_TTL_S, redis_timeout_s=0.25
+        )
         sessions = [legacy_started(server, new_user("outage"), "tv") for _ in range(24)]
         where = holders(doomed)
         lost = [s for s in sessions if where[s[0]] == victim]
@@ -262,7 +266,9 @@ def test_a_replica_takes_over_and_its_users_come_back(keys_dir, tmp_path):
     replicated = LoopbackCluster(tmp_path, replicas=1)
     server = None
     try:
-        server = ServerProcess(replicated.url, keys_dir, redis_mode="cluster", session_ttl_s=TEST_TTL_S)
+        server = ServerProcess(
+            replicated.url, keys_dir, redis_mode="cluster", session_ttl_s=TEST_TTL_S, redis_timeout_s=0.25
+        )
         sessions = [legacy_started(server, new_user("failover"), "tv") for _ in range(24)]
         where = holders(replicated)
         victim = replicated.masters[0]

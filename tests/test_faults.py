@@ -593,7 +593,7 @@ def test_degraded_tokens_never_outlive_the_tombstone_of_a_session_kicked_before_
     opened, extra_server
 ):
     """Kick, hang Redis, heartbeat on degraded tokens past the old tombstone lifetime, resume: 410 kicked."""
-    ttl_s, degraded_s, leeway_s = 3, 3, 1
+    ttl_s, degraded_s, leeway_s = 3, 10, 1  # the chain could last until about 12 s after the kick
     flaky, admin = opened.redis, "s3cret-" + new_user()
     server = extra_server(
         opened,
@@ -639,6 +639,8 @@ def test_a_degraded_chain_ends_at_the_confirmed_expiry_plus_the_degraded_lifetim
     opened.redis.stop()
     while time.time() < confirmed_exp + 2:
         answer = heartbeat(server, sid, token)
+        if answer.status == 410 and time.time() >= confirmed_exp + 2:
+            break  # sent just before the end, answered just after it
         assert answer.status == 200, answer.body
         token = answer.json()["token"]
         assert unverified_claims(token)["exp"] <= confirmed_exp + 2
