@@ -23,7 +23,7 @@ from keys.store import KeyStore
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
-TTL_S = 3
+TTL_S = 6  # players heartbeat all along: a stall of most of a TTL would end a session
 LEEWAY_S = 1
 RELOAD_S = 0.2
 PROPAGATION_S = 0  # one instance reading the directory the commands write
@@ -146,7 +146,8 @@ def test_rotation_under_traffic_loses_nothing(rotation_server):
         time.sleep(max(0, prunable + TTL_S + LEEWAY_S + PROPAGATION_S + RELOAD_S - time.time()) + 0.1)
         said = keys_cli(directory, "prune", **env)
         assert f"{old} is retired" in said
-        time.sleep(RELOAD_S * 2 + 0.3)
+        wait_until(lambda: old not in watcher.seen[-1][1], timeout_s=5, what="the old kid gone from the JWKS")
+        time.sleep(RELOAD_S * 2 + 0.3)  # every worker, polled meanwhile, has finished its own reload
     finally:
         for thread in (*players, watcher):
             thread.stopping.set()
@@ -383,7 +384,7 @@ def test_rotation_across_instances_that_see_the_key_directory_30_s_apart(fleet):
     timeline = (rotated_at, switch, second_saw_it, sync.copies)
     assert second_saw_it - rotated_at >= SYNC_LAG_S and rotated_at < switch < second_saw_it, timeline
     # The sync notices a change at its next poll (every 50 ms), which may come after the command returned.
-    assert switch < pruned_at < pruned + 1
+    assert switch < pruned_at < pruned + 5
     for instance in (0, 1):
         assert {received for _, at, _, received, _ in beats if at == instance} == {old, new}
     # the lagging instance, on the old manifest, took new-key tokens while it still signed with the old key

@@ -71,7 +71,7 @@ def test_sigterm_drains_then_exits_without_cutting_an_answer(redis_server, keys_
         assert server.request("GET", "/readyz").status == 200
         signalled = time.monotonic()
         server.terminate()
-        wait_until(lambda: server.request("GET", "/readyz").status == 503, timeout_s=0.5, what="not ready")
+        wait_until(lambda: server.request("GET", "/readyz").status == 503, timeout_s=1.5, what="not ready")
         not_ready_after = time.monotonic() - signalled
         ready = server.request("GET", "/readyz").json()
         assert ready["checks"]["serving"] is False and ready["status"] == "not ready"

@@ -295,7 +295,7 @@ CASES = {
     "genuine": _case(200, lambda key, claims, token: token),
     "re-signed by the service's key": _case(200, lambda key, claims, token: signed(key, claims)),
     "expired a moment ago, within the leeway": _case(
-        200, lambda key, claims, token: signed(key, {**claims, "exp": int(time.time()) - 2})
+        200, lambda key, claims, token: signed(key, {**claims, "exp": int(time.time()) - 1})
     ),
     "expired": _case(401, lambda key, claims, token: signed(key, {**claims, "exp": int(time.time()) - 60})),
     "issued in the future": _case(
