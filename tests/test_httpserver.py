@@ -25,7 +25,8 @@ from api.httpserver import BOOT_FAILED, LINGER_S, MAX_HEADERS, MAX_PIPELINED, Co
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
 IDLE_S = 1.0  # the header and body timeouts
-KEEPALIVE_S = 2.5
+KEEPALIVE_S = 6.0  # far from IDLE_S, so the bounds below tell the two apart with room for a stall
+SLACK_S = 2.5  # how late a close may come on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -230,14 +231,14 @@ def lifetime(sock, timeout_s):
 
 def test_a_new_connection_must_send_its_headers_within_the_header_timeout(server):
     with connect(server) as sock:
-        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 3) < IDLE_S + 1
+        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 5) < IDLE_S + SLACK_S
 
 
 def test_a_kept_alive_connection_idles_for_the_keepalive_timeout_then_closes(server):
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         read_answers(sock, 1)
-        assert KEEPALIVE_S - 0.2 < lifetime(sock, KEEPALIVE_S + 3) < KEEPALIVE_S + 1
+        assert KEEPALIVE_S - 0.2 < lifetime(sock, KEEPALIVE_S + 5) < KEEPALIVE_S + SLACK_S
 
 
 def test_a_request_begun_after_an_idle_time_has_the_header_timeout_from_its_first_byte(server):
@@ -245,8 +246,8 @@ def test_a_request_begun_after_an_idle_time_has_the_header_timeout_from_its_firs
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         read_answers(sock, 1)
         time.sleep(0.5)
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and no more: closed at 1.5 s, not at the idle 2.5 s
-        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 3) < IDLE_S + 0.7
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and no more: closed at 1.5 s, not at the idle 6 s
+        assert IDLE_S - 0.2 < lifetime(sock, IDLE_S + 5) < IDLE_S + SLACK_S
 
 
 def test_a_worker_takes_no_more_connections_than_its_limit(server):
@@ -291,7 +292,7 @@ def test_a_client_that_stops_reading_is_reset(server):
                 time.sleep(0.005)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        time.sleep(2 * IDLE_S + 1)
+        time.sleep(2 * IDLE_S + SLACK_S)
         received, reset = 0, False
         sock.settimeout(5)
         try:

@@ -24,29 +24,40 @@ class Player(threading.Thread):
         self._server, self._stopping = server, stopping
         self.sid, self.token = admitted(start(server, user=new_user("drain")))
         self.answered, self.refused, self.broken = [], 0, []
+        self._connection: http.client.HTTPConnection | None = None
 
     def run(self):
-        connection = None
+        try:
+            self._play()
+        finally:
+            self._close()
+
+    def _close(self):
+        if self._connection is not None:
+            self._connection.close()  # a dropped socket is a ResourceWarning when it is collected
+            self._connection = None
+
+    def _play(self):
         while not self._stopping.is_set():
             try:
-                if connection is None:
-                    connection = http.client.HTTPConnection("127.0.0.1", self._server.port, timeout=10)
+                if self._connection is None:
+                    self._connection = http.client.HTTPConnection("127.0.0.1", self._server.port, timeout=10)
                 headers = {"Authorization": f"Bearer {self.token}"}
-                connection.request("PUT", f"/v1/sessions/{self.sid}", headers=headers)
-                answer = connection.getresponse()
+                self._connection.request("PUT", f"/v1/sessions/{self.sid}", headers=headers)
+                answer = self._connection.getresponse()
                 body = answer.read()
                 self.answered.append((time.monotonic(), answer.status))
                 if answer.status == 200:
                     self.token = json.loads(body)["token"]  # a cut answer would not parse
             except ConnectionRefusedError:
                 self.refused += 1  # the listener is closed: a load balancer has moved on by now
-                connection = None
+                self._close()
             except (http.client.RemoteDisconnected, ConnectionResetError) as exc:
                 # A kept-alive connection closed between requests is fine (a new one follows); a
                 # connection cut while a request was on it is what must never happen, and that shows as an
                 # answer missing: the player's own record keeps both apart below.
                 self.broken.append((time.monotonic(), repr(exc)))
-                connection = None
+                self._close()
             except json.JSONDecodeError as exc:
                 self.broken.append((time.monotonic(), f"cut answer: {exc}"))
             time.sleep(0.02)

@@ -471,7 +471,7 @@ def test_unknown_kid_refetches_the_jwks_at_most_once_per_interval(kind, redis_se
     try:
         # Python and Node count every fetch towards the interval (as PyJWKClient's cooldown does); nginx
         # counts only its refetches (limit_req on the refresh location)
-        interval_s = 4 if kind != "nginx" else NginxVerifier.refresh_interval
+        interval_s = 8 if kind != "nginx" else NginxVerifier.refresh_interval  # a CLI run and requests fit
         verifier = start_verifier(kind, own.jwks_url, tmp_path, request, refresh_interval_s=interval_s)
         try:
             sid, token = own.session()
@@ -576,7 +576,7 @@ def test_rotation_and_revocation_reach_the_running_verifier(kind, redis_server, 
             new_sid, new_token = fresh
             accepted_at = first_time(
                 lambda: verifier.get(STREAM, new_token, sid=new_sid).status == 200,
-                MAX_AGE_S + 3,
+                MAX_AGE_S + 10,
                 f"the {kind} verifier to accept the new key's token",
             )
             picked_up_s = accepted_at - new.times["active"]  # the switch time the CLI scheduled
@@ -586,7 +586,7 @@ def test_rotation_and_revocation_reach_the_running_verifier(kind, redis_server, 
             revoked_at = os.stat(os.path.join(directory, "keys.json")).st_mtime
             refused_at = first_time(
                 lambda: verifier.get(STREAM, old_token, sid=old_sid).status == 401,
-                RELOAD_S + MAX_AGE_S + 3,
+                RELOAD_S + MAX_AGE_S + 10,
                 f"the {kind} verifier to refuse the revoked key's token",
             )
             refused_s = refused_at - revoked_at
@@ -602,6 +602,7 @@ def test_rotation_and_revocation_reach_the_running_verifier(kind, redis_server, 
         f" the verifier {accepted_at - signed_at:.2f} s later ({picked_up_s:.2f} s after the switch);"
         f" the revoked key's token was refused {refused_s:.2f} s after `keys revoke` wrote keys.json"
     )
-    # nginx's cache counts whole seconds (a JWKS may be kept up to max-age + 1 s); 0.5 s for the polling
-    assert picked_up_s < MAX_AGE_S + 1.5
-    assert refused_s < RELOAD_S + MAX_AGE_S + 1.5
+    # Within max-age plus room for nginx's whole-second cache, the polling and a stall of the machine; a
+    # verifier that kept the JWKS its default time (5 minutes and more) or never refetched is far past it.
+    assert picked_up_s < MAX_AGE_S + 5
+    assert refused_s < RELOAD_S + MAX_AGE_S + 5
