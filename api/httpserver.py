@@ -12,9 +12,9 @@ more, within these bounds:
 - its body within CONCURRENCY_BODY_TIMEOUT once the headers came, else 408;
 - request line and headers of at most CONCURRENCY_MAX_HEADER_BYTES and MAX_HEADERS fields (else 431),
   a body of at most CONCURRENCY_MAX_BODY_BYTES (else 413), malformed HTTP 400; each of these ends the
-  connection, after the answers to the requests read before it: the worker stops writing but reads on,
-  dropping what comes, for LINGER_S before it closes, so a client still sending what was refused is not
-  reset before it reads its answer;
+  connection, after the answers to the requests read before it. A connection that ends (so, also after
+  `Connection: close`) stops writing but reads on, dropping what comes, for LINGER_S or until the client
+  closes: a client still sending what was refused is not reset before it reads its answer;
 - at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
   pipelined ones wait their turn, 32 at most): past it the worker stops accepting and connections wait
   in the listen queue, of the same length;
@@ -63,7 +63,7 @@ STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish an
 KILL_AFTER_S = 2.0  # past the shutdown timeout, a worker still running is killed
 ORPHAN_CHECK_S = 1.0  # a worker whose serve process is gone stops
 ACCEPT_RETRY_S = 0.1  # after accept() failed (out of file descriptors): the pause before trying again
-LINGER_S = 2.0  # after a refusal: how long to read on (and drop) what the client still sends
+LINGER_S = 2.0  # how long an ending connection reads on (and drops) what the client still sends
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -197,7 +197,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._stalled: asyncio.TimerHandle | None = None  # the client reads no answers
-        self._lingering: asyncio.TimerHandle | None = None  # refused: reading on before the close
+        self._lingering: asyncio.TimerHandle | None = None  # ending: reading on before the close
 
     def itself(self) -> "Connection":
         """The protocol factory of an accepted socket."""

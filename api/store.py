@@ -104,15 +104,9 @@ class RedisStore:
         showed that session's token) or RENEW_NONE (anyone could be asking: always a new session)."""
         evict = "1" if limits.evict_oldest else "0"
         sent_ms = _local_ms()
+        deadline = self._deadline_ms(sent_ms)
         args: tuple[object, ...] = (escape(device), escape(stream), self._new_sid(), ttl_ms, limits.limit)
-        args += (
-            limits.stream_limit,
-            evict,
-            tombstone_ms,
-            self._deadline_ms(sent_ms),
-            renew,
-            limits.device_limit,
-        )
+        args += (limits.stream_limit, evict, tombstone_ms, deadline, renew, limits.device_limit)
         reply = await self._call(lua.ADMIT, user, args)
         status, now_ms = reply[0].decode(), int(reply[1]) + EPOCH_MS
         self._learn_server_time(now_ms, sent_ms)

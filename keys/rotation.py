@@ -225,12 +225,11 @@ class Lifecycle:
             record.enter("retired", now)
         if done:
             self._store.save(records)
-        for record in done:
-            self._store.delete_private(record.kid)
-            self._store.changed("prune", record.kid, state="retired")
-        for record in records:  # a command that died between saving the manifest and deleting the PEM
+        for record in records:  # the keys retired now, and any whose PEM a command dying halfway left
             if record.state in ("retired", "revoked"):
                 self._store.delete_private(record.kid)
+        for record in done:
+            self._store.changed("prune", record.kid, state="retired")
         self._store.remove_temp_files(now - STALE_TEMP_FILE_S)
         waiting = [r for r in retiring if r.state == "retiring"]
         return [Step("pruned", r.kid, now) for r in done] + [
