@@ -198,6 +198,7 @@ class Connection(asyncio.Protocol):
         self._timer_at = 0.0
         self._stalled: asyncio.TimerHandle | None = None  # the client reads no answers
         self._lingering: asyncio.TimerHandle | None = None  # ending: reading on before the close
+        self._eof = False  # the client half-closed: it sends nothing more
 
     def itself(self) -> "Connection":
         """The protocol factory of an accepted socket."""
@@ -221,11 +222,13 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client sends nothing more (a half-close): answer what came whole, then close."""
+        self._eof = True
         if self._lingering is not None:
-            return False  # it stopped sending what was refused: close
-        self._last = True
-        self._next()
-        return True  # keep the transport open to write the answers
+            self.close()  # nothing more comes: close, and reset if the answers stay unread
+        else:
+            self._last = True
+            self._next()
+        return True  # the transport is ours to close
 
     @property
     def ending(self) -> bool:
@@ -482,6 +485,9 @@ class Connection(asyncio.Protocol):
         and one told `Connection: close` may have pipelined more)."""
         transport = self._transport
         if self._closing or transport is None:  # closed, or lingering already
+            return
+        if self._eof:  # nothing unread can come
+            self.close()
             return
         self._closing = True
         self._queue.clear()

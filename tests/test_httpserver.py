@@ -19,6 +19,7 @@ import pytest
 from players import new_user
 from processes import ServerProcess, wait_until
 
+from api import httpserver
 from api.config import Config
 from api.httpserver import BOOT_FAILED, LINGER_S, MAX_HEADERS, MAX_PIPELINED, Connection, Worker, serve
 
@@ -309,7 +310,7 @@ class StuckTransport(asyncio.Transport):
 
     def __init__(self):
         super().__init__()
-        self.closing = self.aborted = False
+        self.closing = self.aborted = self.eof = False
 
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 1)
@@ -319,6 +320,9 @@ class StuckTransport(asyncio.Transport):
 
     def get_write_buffer_size(self):
         return 1 << 20
+
+    def write_eof(self):
+        self.eof = True
 
     def is_closing(self):
         return self.closing
@@ -330,21 +334,30 @@ class StuckTransport(asyncio.Transport):
         self.aborted = True
 
 
-def test_a_connection_closed_with_unread_answers_is_reset_after_the_body_timeout():
+@pytest.mark.parametrize("half_close", [False, True])
+def test_a_connection_closed_with_unread_answers_is_reset_after_the_body_timeout(monkeypatch, half_close):
+    """It lingers, then closes; what stays unwritten is reset a body timeout later. A client that half-closes
+    meanwhile (and reads nothing) ends the linger at once, and must not leave the connection open for ever."""
+    monkeypatch.setattr(httpserver, "LINGER_S", 0.3)
+
     async def scenario():
         listener = socket.create_server(("127.0.0.1", 0))
         worker = Worker(listener, Failing(), Config(body_timeout_s=0.2))
         connection, transport = Connection(worker), StuckTransport()
         connection.connection_made(transport)
         connection.data_received(b"GET /fine HTTP/1.1\r\nConnection: close\r\n\r\n")
+        await asyncio.sleep(0.05)
+        lingering = transport.eof and not transport.closing
+        if half_close and not connection.eof_received():
+            transport.close()  # what asyncio does when eof_received answers False
         await asyncio.sleep(0.1)
         aborted_early = transport.aborted
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.6)
         listener.close()
-        return transport.closing, aborted_early, transport.aborted
+        return lingering, transport.closing, aborted_early, transport.aborted
 
-    closing, aborted_early, aborted = asyncio.run(scenario())
-    assert closing and not aborted_early and aborted
+    lingering, closing, aborted_early, aborted = asyncio.run(scenario())
+    assert lingering and closing and not aborted_early and aborted
 
 
 def test_an_upgrade_request_is_answered_then_the_connection_closes(server):
