@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from .errors import KeyStoreError, RotationRefused
-from .records import KeyRecord
+from .records import PRIVATE_STATES, KeyRecord
 from .store import KeyStore
 
 ACTIVATION_MARGIN_S = 1.0
@@ -226,7 +226,7 @@ class Lifecycle:
         if done:
             self._store.save(records)
         for record in records:  # the keys retired now, and any whose PEM a command dying halfway left
-            if record.state in ("retired", "revoked"):
+            if record.state not in PRIVATE_STATES:
                 self._store.delete_private(record.kid)
         for record in done:
             self._store.changed("prune", record.kid, state="retired")
