@@ -69,15 +69,15 @@ class RedisStore:
     def _learn_server_time(self, now_ms: int, sent_ms: int) -> None:
         """Learn the Redis clock from a script that ran at Redis time `now_ms`, sent at local `sent_ms`.
 
-        The script ran at some local time between its sending and its answer, so `now_ms - sent_ms` is
-        the most the offset can be. Erring that way only ever makes a deadline later: a worker that
-        reads an answer late (a stall, the GIL) must not refuse the next start as late. An answer that
-        took longer than the timeout teaches nothing unless it lowers the bound, so a deadline is never
-        later than one timeout past its true time."""
-        offset = now_ms - sent_ms
+        The script ran between its sending and now, so the offset lies between `now_ms - now` and
+        `now_ms - sent_ms`. The highest lower bound seen is kept: a deadline built on it is never later
+        than the player's own timeout (no start runs after its player was told 503), and an answer read
+        late (a stall, the GIL) lowers no bound, so it never makes the next start late. An upper bound
+        under the kept one means the Redis clock went back: start again from this answer."""
+        lower, upper = now_ms - _local_ms(), now_ms - sent_ms
         known = self._server_offset_ms
-        if known is None or offset < known or _local_ms() - sent_ms <= self._timeout_ms:
-            self._server_offset_ms = offset
+        if known is None or upper < known or lower > known:
+            self._server_offset_ms = lower
 
     def _deadline_ms(self, sent_ms: int) -> int:
         """Return the Redis time after which a start sent at local `sent_ms` must not run (0: none yet).

@@ -210,13 +210,27 @@ def test_a_start_that_reaches_redis_after_its_timeout_is_refused_and_leaves_noth
 
 
 def test_an_answer_read_late_does_not_make_the_next_start_late(make_store, real_redis):
-    """The Redis clock is learned from when a call was sent, never from when its answer was read."""
+    """An answer read late (the process stalled) lowers no bound on the Redis clock."""
     runner = Stalled(real_redis, seconds=1.0)
     store = make_store(runner, timeout_s=0.5)
+    store.admit("ann", "tv", "film", Limits(3), TTL_MS, TOMB_MS)  # learns the Redis clock
     runner.after = True
-    store.admit("ann", "tv", "film", Limits(2), TTL_MS, TOMB_MS)
+    store.admit("ann", "tablet", "film", Limits(3), TTL_MS, TOMB_MS)
     runner.after = False
-    assert store.admit("ann", "phone", "film", Limits(2), TTL_MS, TOMB_MS).status == "initiated"
+    assert store.admit("ann", "phone", "film", Limits(3), TTL_MS, TOMB_MS).status == "initiated"
+
+
+def test_an_answer_slow_to_run_does_not_let_a_later_start_run_past_its_timeout(make_store, real_redis):
+    """A script that ran long after it was sent says little of the Redis clock: the next start's deadline
+    must still be its player's timeout, or a start told 503 could run after all and hold a slot."""
+    runner = Stalled(real_redis, seconds=0.3)
+    store = make_store(runner, timeout_s=0.5)
+    runner.before = True
+    store.admit("ann", "tv", "film", Limits(3), TTL_MS, TOMB_MS)  # ran 0.3 s after it was sent: in time
+    runner.seconds = 0.6  # past the timeout, though within it plus that first answer's 0.3 s
+    with pytest.raises(StoreUnavailable):
+        store.admit("bob", "tv", "film", Limits(3), TTL_MS, TOMB_MS)
+    assert live_sessions(real_redis, "bob") == {}
 
 
 def test_an_answer_slower_than_the_timeout_does_not_push_the_next_deadline_back(make_store, real_redis):
