@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RENEW_SAME, RENEW_NONE = "*", ""
 _REFUSALS = {"limit": "account", "stream_limit": "stream", "device_limit": "device"}
+ROUNDING_MS = 10  # what the two clocks' whole milliseconds can put a bound off by, with room to spare
 KEY_PREFIX = "c:"  # short: a key of at most 14 bytes takes 8 bytes less of Redis's memory
 
 
@@ -73,10 +74,11 @@ class RedisStore:
         `now_ms - sent_ms`. The highest lower bound seen is kept: a deadline built on it is never later
         than the player's own timeout (no start runs after its player was told 503), and an answer read
         late (a stall, the GIL) lowers no bound, so it never makes the next start late. An upper bound
-        under the kept one means the Redis clock went back: start again from this answer."""
+        clearly under the kept one (past the milliseconds both clocks round off) means the Redis clock
+        went back: start again from this answer."""
         lower, upper = now_ms - _local_ms(), now_ms - sent_ms
         known = self._server_offset_ms
-        if known is None or upper < known or lower > known:
+        if known is None or upper < known - ROUNDING_MS or lower > known:
             self._server_offset_ms = lower
 
     def _deadline_ms(self, sent_ms: int) -> int:

@@ -10,10 +10,11 @@ import pytest
 import redis
 from layout import live_sessions, marks, redis_now_ms, stored_sessions, tombstones, user_key
 
+from api import store as store_module
 from api.errors import LimitReached, SessionGone, StoreUnavailable
 from api.lua import EPOCH_MS, MAX_TOMBSTONES
 from api.sessions import Limits, Session
-from api.store import _runner_of, _script_failed, escape, unescape
+from api.store import RedisStore, _runner_of, _script_failed, escape, unescape
 
 TTL_MS = 60_000
 TOMB_MS = 65_000
@@ -218,6 +219,23 @@ def test_an_answer_read_late_does_not_make_the_next_start_late(make_store, real_
     store.admit("ann", "tablet", "film", Limits(3), TTL_MS, TOMB_MS)
     runner.after = False
     assert store.admit("ann", "phone", "film", Limits(3), TTL_MS, TOMB_MS).status == "initiated"
+
+
+def test_the_clocks_rounding_is_no_step_back_of_the_redis_clock(monkeypatch):
+    """Both clocks count whole milliseconds, so a bound can be a millisecond or two off; a real step back of
+    the Redis clock is relearned."""
+    local = [0]
+    monkeypatch.setattr(store_module, "_local_ms", lambda: local[0])
+    store = RedisStore(object(), timeout_s=0.25)
+
+    def answer(sent_ms, redis_ms, read_ms):
+        local[0] = read_ms
+        store._learn_server_time(redis_ms, sent_ms)
+        return store._deadline_ms(0) - 250  # the offset learned
+
+    assert answer(0, 5000, 1) == 4999
+    assert answer(10, 5008, 1010) == 4999  # read a second late, and its upper bound rounded 1 ms under
+    assert answer(2000, 5999, 2001) == 3998  # the Redis clock went back a second
 
 
 def test_an_answer_slow_to_run_does_not_let_a_later_start_run_past_its_timeout(make_store, real_redis):
