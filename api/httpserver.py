@@ -16,8 +16,11 @@ more, within these bounds:
   `Connection: close`) stops writing but reads on, dropping what comes, for LINGER_S or until the client
   closes: a client still sending what was refused is not reset before it reads its answer;
 - at most CONCURRENCY_MAX_REQUESTS connections per worker (each has one request in progress at most;
-  pipelined ones wait their turn, 32 at most): past it the worker stops accepting and connections wait
-  in the listen queue, of the same length;
+  pipelined ones wait their turn): past it the worker stops accepting and connections wait in the listen
+  queue, of the same length;
+- pipelined requests are read ahead one read at a time (at most 32 requests in it, else the connection
+  is closed): while requests wait, the connection is not read, the kernel holds what the client sends
+  next, and the time it has to send a request being read stops;
 - a client that stops reading its answers has the body timeout to start again, and one that leaves a
   closing connection's last answers unread is reset after it.
 
@@ -56,7 +59,7 @@ from .playback import Answer
 log = logging.getLogger(__name__)
 
 BOOT_FAILED = 3  # a worker's exit status when it could not build its front
-MAX_PIPELINED = 32  # requests read ahead on one connection, waiting for the one in hand
+MAX_PIPELINED = 32  # requests one read may bring ahead of the one in hand; more: the connection closes
 MAX_HEADERS = 100  # header fields in one request; more: 431
 _SINGLE = frozenset({"authorization", "content-type"})  # twice in one request: 400
 STOP_SIGNAL = signal.SIGUSR1  # from the serve process to its workers: finish and exit
@@ -190,6 +193,8 @@ class Connection(asyncio.Protocol):
         self._answered = False  # the one in hand was answered
         self._last = False  # read nothing more: the connection ends after what is queued
         self._closing = False
+        self._paused = False  # requests wait: reading stops until they are in hand
+        self._left_s = 0.0  # meanwhile, what was left of the deadline of the request being read
         # One deadline at a time for what the client must send (the headers, or the body), checked by one
         # timer that is moved only when it fires early: a request costs two float writes, not two timers.
         self._deadline = 0.0
@@ -267,6 +272,8 @@ class Connection(asyncio.Protocol):
             return
         if self._reading_head or self._reading_body:
             self._count_wire(len(data))
+        if self._queue and not self._last:
+            self._pause_reading()
 
     def _count_wire(self, size: int) -> None:
         """Bound what httptools holds of an incomplete request, whatever it is: an unfinished header line,
@@ -366,6 +373,8 @@ class Connection(asyncio.Protocol):
 
     def _start(self, scope: Scope, body: bytes, responder: "Responder", started: float) -> None:
         self._busy, self._answered = True, False
+        if self._paused and not self._queue:
+            self._resume_reading()  # one read ahead again, while this one is answered
         task = self._loop.create_task(self._front.handle(scope, body, responder, started))
         task.add_done_callback(self._handled)
 
@@ -418,6 +427,22 @@ class Connection(asyncio.Protocol):
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect(self._config.body_timeout_s, self._body_too_slow)  # the body is due from now on
 
+    def _pause_reading(self) -> None:
+        """Read no more while requests wait: what one client has read ahead is at most one read (asyncio's
+        256 KiB) and the request it ends inside, not 32 requests of the largest size."""
+        if self._paused or self._transport is None:
+            return
+        self._paused = True
+        self._transport.pause_reading()
+        self._left_s = self._deadline - self._loop.time()  # the client cannot send on: its clock stops
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+        if self._on_deadline is not None and not self._closing:
+            self._expect(max(self._left_s, 0.0), self._on_deadline)
+
     # deadlines
 
     def _expect(
@@ -439,8 +464,8 @@ class Connection(asyncio.Protocol):
 
     def _check_deadline(self) -> None:
         self._timer = None
-        if self._on_deadline is None or self._closing:
-            return
+        if self._on_deadline is None or self._closing or self._paused:
+            return  # (paused: _resume_reading sets the deadline again, with the time that was left)
         if self._loop.time() >= self._deadline:
             action, self._on_deadline = self._on_deadline, None
             action()
@@ -492,6 +517,9 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self._queue.clear()
         self._cancel_timers()
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
         transport.write_eof()  # after what is buffered: the client reads the answer, then the end
         self._lingering = self._loop.call_later(LINGER_S, self.close)
 

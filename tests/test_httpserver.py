@@ -311,6 +311,7 @@ class StuckTransport(asyncio.Transport):
     def __init__(self):
         super().__init__()
         self.closing = self.aborted = self.eof = False
+        self.reading = True
 
     def get_extra_info(self, name, default=None):
         return ("127.0.0.1", 1)
@@ -323,6 +324,12 @@ class StuckTransport(asyncio.Transport):
 
     def write_eof(self):
         self.eof = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
 
     def is_closing(self):
         return self.closing
@@ -704,3 +711,48 @@ def test_an_answer_given_while_the_worker_stops_says_connection_close(redis_serv
             assert closed(sock)
     finally:
         process.stop()
+
+
+def pipelined_fine(count, body_bytes):
+    body = b"x" * body_bytes
+    request = b"POST /fine HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    return request * count
+
+
+def test_requests_pipelined_behind_a_slow_one_are_read_as_they_are_answered():
+    """1.5 MB of pipelined requests behind a slow answer: the server reads on as it answers, not all of
+    them ahead (that was up to 32 requests of the largest size per connection, or a close past 32)."""
+    count = 100
+
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)  # in hand: what follows waits
+        writer.write(pipelined_fine(count, 15_000))
+        answers = 0
+        while answers < count + 1:
+            await asyncio.wait_for(reader.readuntil(b"fine"), 5)
+            answers += 1
+        writer.close()
+        return answers
+
+    assert run_worker(Slow(), scenario) == count + 1
+
+
+def test_a_request_read_ahead_keeps_the_time_it_had_while_the_server_does_not_read():
+    """Its head's rest reached the kernel in time, while the server was not reading (a request waited
+    behind a slow one): it is not cut off for the server's pause."""
+
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(pipelined_fine(1, 10) + b"GET /fine HTTP/1.1\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(b"Host: x\r\n\r\n")  # within the header timeout, into the kernel's buffer
+        answers = [await asyncio.wait_for(reader.readuntil(b"fine"), 5) for _ in range(3)]
+        writer.close()
+        return answers
+
+    answers = run_worker(Slow(), scenario, header_timeout_s=0.2)
+    assert [answer.startswith(b"HTTP/1.1 200 ") for answer in answers] == [True] * 3
