@@ -46,7 +46,9 @@ def add_parser(
     )
     generate.add_argument("--alg", default="ES256", choices=ALGORITHMS)
     generate.add_argument(
-        "--state", choices=("next", "active"), help="default: active if no key is, else next"
+        "--state",
+        choices=("next", "active"),
+        help="default: active if no key is, else next (active is refused then: `keys rotate` switches keys)",
     )
     listing = command("list", _list, "show every key: kid, alg, state, age")
     listing.add_argument("--json", action="store_true", help="print the manifest records as JSON")
@@ -133,7 +135,8 @@ def _lifecycle(args: argparse.Namespace, settings: Settings) -> Lifecycle:
 
 def _generate(args: argparse.Namespace, settings: Settings) -> None:
     _configure_logging()
-    print(_store(args, settings).generate(args.alg, args.state))
+    store = KeyStore(args.dir or settings.keys_dir, env_pem=settings.env_pem)  # an env key is active too
+    print(store.generate(args.alg, args.state))
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> None:
@@ -201,6 +204,7 @@ def _tell(steps: list[Step], policy: RotationPolicy, nothing: str = "nothing to 
                 " (or now with --force, which may fail tokens at verifiers holding an old JWKS)",
                 "signs-from": f"{step.kid} signs from {when} (every instance has loaded it by then)",
                 "signs-now": f"{step.kid} signs from now",
+                "signs-on": f"{step.kid} goes on signing: the rotation to the revoked key is called off",
                 "retiring": f"{step.kid} is retiring: it verifies until pruned, after {when}",
                 "retired": f"{step.kid} is retired: gone from the JWKS and from verification within {reach}",
                 "pruned": f"{step.kid} is retired (its last token expired)",

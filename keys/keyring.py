@@ -129,7 +129,7 @@ class Keyring:
             keys = KeySet(self._store.load())
             if keys.signing is None:
                 raise KeyStoreError(f"{self._store.manifest_path}: no key is active")
-        except KeyStoreError as exc:
+        except (KeyStoreError, OSError, RecursionError) as exc:  # whatever stops a read: keep the last set
             # The fingerprint was taken before loading, so a write racing the load changes it and is retried.
             # What the fingerprint does not see (a read that failed for a moment) is retried after a while.
             log.error("keeping the previous signing keys: %s", exc)

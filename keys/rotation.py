@@ -29,6 +29,7 @@ StepKind = Literal[
     "wait-for-caches",  # run rotate again at `at`, once verifiers' cached JWKS hold the next key
     "signs-from",  # the key signs from `at`
     "signs-now",  # the key signs from now on, instead of a revoked one
+    "signs-on",  # the key goes on signing: the rotation to a revoked key is called off
     "retiring",  # the key stopped signing; it may be pruned after `at`
     "retired",  # withdrawn from the JWKS and from verification
     "pruned",  # retired because its last token expired
@@ -188,7 +189,8 @@ class Lifecycle:
         return [Step("retired", kid, now)]
 
     def revoke(self, kid: str) -> list[Step]:
-        """Withdraw a key at once, whatever its state; a key scheduled to take over signs from now."""
+        """Withdraw a key at once, whatever its state. If it signs, or will: a key scheduled to take over
+        from it signs from now, and a key it was to take over from goes on signing."""
         with self._store.locked():
             records, now = self._store.records(), self._clock()
             record = _find(records, kid, self._store.manifest_path)
@@ -196,14 +198,19 @@ class Lifecycle:
                 raise RotationRefused(f"{kid} is already revoked")
             steps = []
             if record.signs_at_or_after(now):
-                others = [r for r in records if r is not record and r.state == "active"]
+                others = [r for r in records if r is not record and r.signs_at_or_after(now)]
                 if not others:
                     raise RotationRefused(
                         f"{kid} is the only active key; run `concurrency-service keys rotate --force` first,"
                         " then revoke it"
                     )
                 for other in others:
-                    if other.since > now:
+                    if other.state == "retiring":  # it still signs: the rotation to `kid` is called off
+                        other.state = "active"
+                        del other.times["retiring"]
+                        steps.append(Step("signs-on", other.kid, now))
+                        self._store.changed("activate", other.kid, rotation_cancelled=True)
+                    elif other.since > now:
                         other.times["active"] = now
                         steps.append(Step("signs-now", other.kid, now))
                         self._store.changed("activate", other.kid, signs_from=round(now, 3), forced=True)
@@ -230,7 +237,7 @@ class Lifecycle:
                 self._store.delete_private(record.kid)
         for record in done:
             self._store.changed("prune", record.kid, state="retired")
-        self._store.remove_temp_files(now - STALE_TEMP_FILE_S)
+        self._store.remove_leftovers({r.kid for r in records}, now - STALE_TEMP_FILE_S)
         waiting = [r for r in retiring if r.state == "retiring"]
         return [Step("pruned", r.kid, now) for r in done] + [
             Step("stays-retiring", r.kid, r.active_until + self._policy.retiring_s) for r in waiting

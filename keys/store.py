@@ -30,6 +30,7 @@ from .records import ALGORITHMS, PRIVATE_STATES, KeyRecord, checked_kid
 MANIFEST = "keys.json"
 AUDIT_LOG = "keys.log"
 PEM_ENV = "CONCURRENCY_SIGNING_KEY_PEM"  # named in messages; api/config.py reads it
+MAX_PEM_BYTES = 65536  # an RSA-4096 PEM is about 3.3 KB
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,21 @@ class KeyStore:
             return ()
 
     def generate(self, alg: str = "ES256", state: str | None = None) -> str:
-        """Create a key and return its kid; it becomes `active` when no key is, else `next`."""
+        """Create a key and return its kid; it becomes `active` when no key is, else `next`.
+
+        A second active key is refused: it would sign at once, before instances and verifiers that have not
+        seen it yet know it; `keys rotate` publishes a key before it signs."""
         with self.locked():
             records = self.records()
+            has_active = self._env_pem or any(r.state == "active" for r in records)
             if state is None:
-                has_active = self._env_pem or any(r.state == "active" for r in records)
                 state = "next" if has_active else "active"
+            elif state == "active" and has_active:
+                raise KeyStoreError(
+                    "a key is active already: a new active key would sign before it is published; run"
+                    " `concurrency-service keys generate` (a next key), then `concurrency-service keys"
+                    " rotate`"
+                )
             record = self.create(alg, state)
             self.save([*records, record])
             self.changed("generate", record.kid, alg=alg, state=state)
@@ -141,6 +151,7 @@ class KeyStore:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(self.directory, ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
         try:
+            self._to_owner(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -152,13 +163,17 @@ class KeyStore:
         log.info("key %s: %s %s", action, kid, " ".join(f"{k}={v}" for k, v in details.items()))
         fd = os.open(os.path.join(self.directory, AUDIT_LOG), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as file:
+            self._to_owner(fd)
             file.write(json.dumps(entry, sort_keys=True) + "\n")
 
-    def remove_temp_files(self, older_than: float) -> None:
-        """Delete temporary files left by writes that died before `older_than` (epoch seconds)."""
+    def remove_leftovers(self, kids: set[str], older_than: float) -> None:
+        """Delete what commands that died left, written before `older_than` (epoch seconds): temporary files,
+        and the PEMs of keys that no record in `kids` names (written, but the manifest never saved)."""
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                if entry.name.startswith(".tmp-") and entry.stat().st_mtime < older_than:
+                name = entry.name
+                orphan = name.endswith(".pem") and name[:-4] not in kids
+                if (name.startswith(".tmp-") or orphan) and entry.stat().st_mtime < older_than:
                     os.unlink(entry.path)
 
     def _env_key(self, directory_keys: list[SigningKey]) -> SigningKey | None:
@@ -185,10 +200,19 @@ class KeyStore:
             raise KeyStoreError(f"{path}: private key file is missing") from None
         except OSError as exc:
             raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
-        with os.fdopen(fd, "rb") as file:
-            if os.fstat(fd).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyStoreError(f"{path}: private key is readable by others; run chmod 600 {path}")
-            data = file.read()
+        try:
+            mode = os.fstat(fd).st_mode
+            data = b""  # reading a directory in its place fails; so do EIO and ESTALE
+            while len(data) <= MAX_PEM_BYTES and (chunk := os.read(fd, MAX_PEM_BYTES + 1 - len(data))):
+                data += chunk
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
+        finally:
+            os.close(fd)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise KeyStoreError(f"{path}: private key is readable by others; run chmod 600 {path}")
+        if len(data) > MAX_PEM_BYTES:
+            raise KeyStoreError(f"{path}: not a private key (over {MAX_PEM_BYTES} bytes)")
         private_key, alg = load_pem(data, path)
         if alg != record.alg:
             raise KeyStoreError(f"{path}: {alg} key, but {MANIFEST} says {record.alg}")
@@ -196,10 +220,18 @@ class KeyStore:
             raise KeyStoreError(f"{path}: key does not match its kid")
         return private_key
 
+    def _to_owner(self, fd: int) -> None:
+        """Run as root (`sudo concurrency-service keys ...`), give what it writes to the directory's owner,
+        the service's user: a root-owned 0600 PEM is one the service cannot read, and refuses to load."""
+        if os.geteuid() == 0:
+            directory = os.stat(self.directory)
+            os.fchown(fd, directory.st_uid, directory.st_gid)
+
     def _write(self, name: str, data: bytes, mode: int) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
         try:
             os.fchmod(fd, mode)
+            self._to_owner(fd)
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
                 file.flush()

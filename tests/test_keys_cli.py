@@ -42,6 +42,26 @@ def test_generate_prints_the_kid(keys):
     assert "key generate" in err and kid in err  # every change is logged
 
 
+def test_generate_refuses_a_second_active_key(keys):
+    """It would sign at once, before instances and verifiers that have not seen it know it: 401s."""
+    first = keys("generate")[1].strip()
+    code, _, err = keys("generate", "--state", "active")
+    assert code == 2 and "keys rotate" in err
+    assert [(r["kid"], r["state"]) for r in records(keys.directory)] == [(first, "active")]
+    assert os.listdir(keys.directory).count(f"{first}.pem") == 1
+    assert len([n for n in os.listdir(keys.directory) if n.endswith(".pem")]) == 1
+
+
+def test_generate_beside_an_environment_key_makes_a_next_key(keys, monkeypatch):
+    """The environment key is active: a directory key must be published before it takes over."""
+    from keys.material import generate_private_key, pem_of
+
+    monkeypatch.setenv("CONCURRENCY_SIGNING_KEY_PEM", pem_of(generate_private_key("ES256")).decode())
+    assert keys("generate")[0] == 0
+    assert [r["state"] for r in records(keys.directory)] == ["next"]
+    assert keys("generate", "--state", "active")[0] == 2
+
+
 def test_generate_rs256_with_explicit_dir(keys, tmp_path):
     other = str(tmp_path / "other")
     code, out, _ = keys("generate", "--dir", other, "--alg", "RS256")

@@ -104,7 +104,9 @@ def test_picks_up_a_change_after_the_interval(store):
     assert after.etag != before.etag
 
 
-@pytest.mark.parametrize("damage", ["truncate-manifest", "chmod-pem", "truncate-pem", "no-active-key"])
+@pytest.mark.parametrize(
+    "damage", ["truncate-manifest", "chmod-pem", "truncate-pem", "unreadable-pem", "no-active-key"]
+)
 def test_keeps_the_previous_set_when_the_directory_breaks(store, damage, caplog):
     kid = store.generate("ES256")
     clock = Ticker()
@@ -119,6 +121,9 @@ def test_keeps_the_previous_set_when_the_directory_breaks(store, damage, caplog)
     elif damage == "truncate-pem":
         with open(pem_path, "r+b") as file:
             file.truncate(40)
+    elif damage == "unreadable-pem":  # opens, then read() fails: as EIO or ESTALE on a network file system
+        os.unlink(pem_path)
+        os.mkdir(pem_path, 0o700)
     else:
         set_states(store, {kid: "retired"})
     with caplog.at_level(logging.ERROR, logger="keys.keyring"):

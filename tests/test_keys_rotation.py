@@ -157,6 +157,23 @@ def test_revoke_during_a_switch_makes_the_new_key_sign_now(store, lifecycle, clo
     assert '"action": "revoke"' in audit(store)
 
 
+def test_revoking_a_rotations_new_key_calls_the_rotation_off(store, lifecycle, clock):
+    """Before its switch the new key (leaked, say) is withdrawn at once, and the old one goes on signing:
+    it was refused, so the leaked key stayed trusted and then signed from its switch."""
+    old = store.generate("ES256")
+    lifecycle.rotate(force=True)
+    (new,) = by_state(store, "active")
+    said = lifecycle.revoke(new)
+    assert said == [Step("signs-on", old, clock.now), Step("revoked", new, clock.now)]
+    assert states(store)[old] == "active"
+    keys = KeySet(store.load())
+    assert keys.signing_at(clock.now + 10 * LAG_S).kid == old
+    assert new not in keys.verifying
+    assert '"rotation_cancelled": true' in audit(store)
+    lifecycle.rotate(force=True)  # a rotation may start again
+    assert states(store)[old] == "retiring"
+
+
 def test_revoke_is_final(store, lifecycle):
     store.generate("ES256")
     nxt = store.generate("ES256")
@@ -219,6 +236,19 @@ def test_prune_deletes_the_private_key_a_crash_left_behind(store, lifecycle, clo
     lifecycle.prune()
     assert not any(os.path.exists(os.path.join(store.directory, f"{kid}.pem")) for kid in (retired, revoked))
     store.load()  # raises if a key that still signs or verifies lost its PEM
+
+
+def test_prune_deletes_a_private_key_no_record_names_once_it_is_old(store, lifecycle, clock):
+    """A command that died after writing a key but before saving the manifest leaves an orphan PEM."""
+    store.generate("ES256")
+    orphan, young = (os.path.join(store.directory, f"{c * 43}.pem") for c in "ab")
+    for path, age_s in ((orphan, 7200), (young, 0)):
+        with open(path, "w") as file:
+            file.write("written, never recorded")
+        os.utime(path, (clock.now - age_s, clock.now - age_s))
+    lifecycle.prune()
+    assert not os.path.exists(orphan) and os.path.exists(young)
+    store.load()
 
 
 def test_there_is_always_a_signing_key(store, lifecycle, clock):

@@ -113,6 +113,29 @@ def test_missing_private_key_names_the_file(store):
         store.load()
 
 
+def test_an_unreadable_private_key_names_the_file(store):
+    """What `read` raises (here a directory in the PEM's place; EIO or ESTALE on a network file system) is
+    a KeyStoreError, which a reload survives, not an OSError that reached a heartbeat as a 500."""
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    os.unlink(path)
+    os.mkdir(path, 0o700)
+    with pytest.raises(KeyStoreError, match=f"{path}: cannot read private key"):
+        store.load()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
+def test_what_root_writes_belongs_to_the_directorys_owner(store):
+    """`sudo concurrency-service keys ...` on the service's directory: root-owned 0600 PEMs would be keys
+    the service cannot read."""
+    os.makedirs(store.directory, mode=0o700, exist_ok=True)
+    os.chown(store.directory, 65534, 65534)
+    kid = store.generate("ES256")
+    for name in (f"{kid}.pem", MANIFEST, "keys.log", ".lock"):
+        owner = os.stat(os.path.join(store.directory, name))
+        assert (owner.st_uid, owner.st_gid) == (65534, 65534), name
+
+
 def test_swapped_private_key_names_the_file(store):
     kid = store.generate("ES256")
     path = os.path.join(store.directory, f"{kid}.pem")
