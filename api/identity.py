@@ -20,6 +20,7 @@ from .user_tokens import Claims, JwkSource, UserTokens, jwks_from
 ANONYMOUS = "anonymous"
 USER = "user"  # the caller name of a user presenting their own access token
 ADMIN = "admin"
+MAX_LIMIT_CLAIM = 10_000  # the most sessions or devices a user token's claim may allow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,8 @@ class Identity:
         config = self._config
         plan = claims.get(config.plan_claim)
         plan = plan if isinstance(plan, str) else ""
-        limit = _positive(claims.get(config.limit_claim)) or config.plan_limits.get(plan, config.max_streams)
-        device_limit = _positive(claims.get(config.device_limit_claim)) or config.plan_device_limits.get(
+        limit = _positive(claims, config.limit_claim) or config.plan_limits.get(plan, config.max_streams)
+        device_limit = _positive(claims, config.device_limit_claim) or config.plan_device_limits.get(
             plan, config.device_limit
         )
         behaviour = claims.get(config.behaviour_claim)
@@ -136,9 +137,15 @@ class _Credentials:
         return name
 
 
-def _positive(claim: object) -> int:
-    """Return a limit claim that is a positive int (not a bool, float or string), else 0."""
-    return claim if type(claim) is int and claim > 0 else 0
+def _positive(claims: Claims, name: str) -> int:
+    """Return the limit claim `name` if it is a positive int (not a bool, float or string), else 0; refuse
+    one over MAX_LIMIT_CLAIM (a mistake, not a plan: its digits would make tokens too long to accept)."""
+    claim = claims.get(name)
+    if type(claim) is not int or claim <= 0:
+        return 0
+    if claim > MAX_LIMIT_CLAIM:
+        raise InvalidToken(f"user token claim {name!r} is over {MAX_LIMIT_CLAIM}")
+    return claim
 
 
 def _split(authorization: str | None) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api.config import Config
 from api.errors import BadRequest, Forbidden, InvalidCredentials, InvalidToken
-from api.identity import Caller, Identity
+from api.identity import MAX_LIMIT_CLAIM, Caller, Identity
 from api.sessions import Limits
 
 ISSUER = "https://idp.example"
@@ -106,6 +106,15 @@ def test_limit_claim_sets_the_limit(climit):
 @pytest.mark.parametrize("climit", [0, -1, True, 2.0, "5", None, [5], {"n": 5}])
 def test_limit_claim_counts_only_as_a_positive_int(climit):
     assert Identity(Config(max_streams=3)).limits({"climit": climit}) == Limits(3)
+
+
+@pytest.mark.parametrize("name", ["climit", "dlimit"])
+def test_a_limit_claim_over_the_maximum_refuses_the_token(name):
+    """Its digits would make session tokens too long to accept: a start then a 401 at every heartbeat."""
+    identity = Identity(Config(max_streams=3))
+    assert identity.limits({name: MAX_LIMIT_CLAIM}) != Limits(3)
+    with pytest.raises(InvalidToken, match=name):
+        identity.limits({name: MAX_LIMIT_CLAIM + 1})
 
 
 def test_limit_claim_name_comes_from_the_config():

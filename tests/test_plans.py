@@ -33,6 +33,7 @@ from players import (
 from processes import ServerProcess, wait_until
 
 from api.config import Config
+from api.identity import MAX_LIMIT_CLAIM
 
 pytestmark = [pytest.mark.http, pytest.mark.redis]
 
@@ -133,6 +134,8 @@ BAD_TOKENS = [
     "alg none",
     "HS256 with the public key as secret",
     "tampered payload",
+    "climit over the maximum",
+    "dlimit over the maximum",
 ]
 
 
@@ -158,6 +161,8 @@ def bad_token(idp, user, case):
         return idp.token(user, sub=subjects[case])
     if case == "no expiry":
         return idp.token(user, exp=None)
+    if case.endswith("over the maximum"):
+        return idp.token(user, **{case.split()[0]: MAX_LIMIT_CLAIM + 1})
     if case in ("signed by a stranger under our kid", "unknown kid"):
         stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         kid = "idp-rsa" if case.endswith("our kid") else f"kid-{uuid.uuid4().hex}"
@@ -181,6 +186,8 @@ def test_bad_user_tokens_are_401_and_write_nothing(user_server, idp, real_redis,
     assert_unauthorized(answer)
     if case == "overlong subject":
         assert str(DEFAULTS.max_id_chars) in answer.json()["message"]  # the refusal names the limit
+    if case.endswith("over the maximum"):
+        assert case.split()[0] in answer.json()["message"]  # ... and the claim
     assert redis_state(real_redis) == before
     assert "Traceback" not in user_server.output()
 
