@@ -5,6 +5,7 @@ import math
 import os
 import re
 import types
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -209,6 +210,10 @@ class Config:
                 "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with"
                 " CONCURRENCY_USER_JWKS"
             )
+        jwks = urllib.parse.urlsplit(self.user_jwks)
+        if jwks.scheme == "http" and jwks.hostname not in ("localhost", "127.0.0.1", "::1"):
+            # Whoever can change the key set on its way here can sign as any user.
+            raise ConfigError(f"{self.env_name('user_jwks')} must be https:// (http:// on loopback only)")
 
     def _check_redis(self) -> None:
         if not self.redis_urls:

@@ -1,6 +1,8 @@
 """The identity provider's access tokens: verified with its JWKS (a URL, kept fresh off the request path, or
 a file)."""
 
+import base64
+import binascii
 import json
 import logging
 import threading
@@ -9,6 +11,8 @@ import urllib.request
 from typing import Any, Protocol
 
 import jwt
+
+from keys import strict_json
 
 from .config import Config
 from .errors import InvalidToken
@@ -55,6 +59,7 @@ class UserTokens:
             )
         except (jwt.PyJWTError, jwt.PyJWKClientError, ValueError) as exc:
             raise InvalidToken(f"user token is invalid: {exc}") from None
+        _one_meaning(token)
         longest, sub = config.max_id_chars, claims["sub"]
         if not isinstance(sub, str) or not 0 < len(sub) <= longest:
             raise InvalidToken(f"user token 'sub' must be a user id of at most {longest} characters")
@@ -62,6 +67,18 @@ class UserTokens:
         if problem:
             raise InvalidToken(f"user token 'sub' {problem}")
         return claims
+
+
+def _one_meaning(token: str) -> None:
+    """Refuse a header or payload that names a member twice: PyJWT takes the last, another parser the first,
+    so `"sub":"ann","sub":"bob"` would be one user here and another elsewhere."""
+    for segment in token.split(".")[:2]:
+        try:
+            strict_json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        except strict_json.DuplicateName as exc:
+            raise InvalidToken(f"user token names {exc.name!r} twice") from None
+        except (binascii.Error, ValueError, RecursionError):  # PyJWT has read it: not reached
+            raise InvalidToken("user token is not JSON") from None
 
 
 def jwks_from(source: str) -> JwkSource | None:
@@ -122,13 +139,21 @@ class _UrlJwks(_FileJwks):
     def _fetch(self) -> None:
         self._fetched_at = time.monotonic()
         try:
-            with urllib.request.urlopen(self._url, timeout=JWKS_FETCH_TIMEOUT_S) as answer:
+            with _NO_REDIRECTS.open(self._url, timeout=JWKS_FETCH_TIMEOUT_S) as answer:
                 document = answer.read(MAX_JWKS_BYTES + 1)
             if len(document) > MAX_JWKS_BYTES:
                 raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
             self._keys = _by_kid(json.loads(document))
         except Exception as exc:  # whatever went wrong, the keys there were stay
             log.warning("cannot fetch the identity provider's JWKS from %s: %s", self._url, exc)
+
+
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:
+        return None  # the key set comes from the configured URL only (a redirect could downgrade to http)
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Refuse())
 
 
 def _by_kid(document: dict[str, Any]) -> dict[str, jwt.PyJWK]:

@@ -7,8 +7,8 @@ import threading
 import time
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 JWKS_PATH = "/.well-known/jwks.json"
@@ -75,6 +75,14 @@ class IdentityProvider:
         return jwt.encode(
             payload, signing_key or key, algorithm=algorithm, headers={"kid": kid, **(headers or {})}
         )
+
+    def signed(self, payload_text, kid="idp-rsa"):
+        """Return a token whose payload is `payload_text` exactly (a name twice, say), signed with `kid`."""
+        key, _ = self._private[kid]
+        head = b64url(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}).encode())
+        signing_input = f"{head}.{b64url(payload_text.encode())}"
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64url(signature)}"
 
     def public_pem(self, kid="idp-rsa"):
         key = self._private[kid][0].public_key()

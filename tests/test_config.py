@@ -352,6 +352,10 @@ def test_overrides_win_over_the_environment():
             {"user_jwks": "https://idp.example/jwks", "user_audience": "concurrency"},
             "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required",
         ),
+        (
+            {"user_jwks": "http://idp.example/jwks", "user_issuer": "i", "user_audience": "a"},
+            r"CONCURRENCY_USER_JWKS must be https:// \(http:// on loopback only\)",
+        ),
     ],
 )
 def test_unsafe_or_broken_values_are_refused(values, message):
@@ -371,6 +375,8 @@ def test_the_smallest_valid_values_are_accepted():
     assert config.keys_propagation_s == 0
     jwks = Config(user_jwks="jwks.json", user_issuer="https://idp.example", user_audience="concurrency")
     assert jwks.user_jwks == "jwks.json"
+    for url in ("https://idp.example/jwks", "http://127.0.0.1:8080/jwks", "http://[::1]/jwks"):
+        assert Config(user_jwks=url, user_issuer="i", user_audience="a").user_jwks == url
 
 
 def test_redis_tls_and_credentials_from_the_environment(tmp_path):

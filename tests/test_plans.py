@@ -6,6 +6,7 @@ sessions, metrics, JSON logs) are shared with test_management.py and test_faults
 
 import hashlib
 import hmac
+import http.server
 import json
 import secrets
 import socket
@@ -134,6 +135,7 @@ BAD_TOKENS = [
     "alg none",
     "HS256 with the public key as secret",
     "tampered payload",
+    "a name twice",
     "climit over the maximum",
     "dlimit over the maximum",
 ]
@@ -163,6 +165,8 @@ def bad_token(idp, user, case):
         return idp.token(user, exp=None)
     if case.endswith("over the maximum"):
         return idp.token(user, **{case.split()[0]: MAX_LIMIT_CLAIM + 1})
+    if case == "a name twice":  # PyJWT reads the last: a verifier that reads the first sees another user
+        return idp.signed(json.dumps(claims)[:-1] + f', "sub": "{new_user()}"}}')
     if case in ("signed by a stranger under our kid", "unknown kid"):
         stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         kid = "idp-rsa" if case.endswith("our kid") else f"kid-{uuid.uuid4().hex}"
@@ -188,6 +192,8 @@ def test_bad_user_tokens_are_401_and_write_nothing(user_server, idp, real_redis,
         assert str(DEFAULTS.max_id_chars) in answer.json()["message"]  # the refusal names the limit
     if case.endswith("over the maximum"):
         assert case.split()[0] in answer.json()["message"]  # ... and the claim
+    if case == "a name twice":
+        assert "'sub' twice" in answer.json()["message"]
     assert redis_state(real_redis) == before
     assert "Traceback" not in user_server.output()
 
@@ -425,6 +431,40 @@ def test_a_provider_that_never_answers_holds_no_request(redis_server, keys_dir, 
     finally:
         server.stop()
         provider.close()
+
+
+def test_a_jwks_url_that_redirects_is_not_followed(redis_server, keys_dir, idp, real_redis):
+    """The key set comes from the configured URL only: a redirect (to http://, to anyone's keys) is not."""
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", idp.url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    redirecting = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirecting.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{redirecting.server_port}/jwks.json"
+    fetches = idp.fetches
+    server = ServerProcess(
+        redis_server.url,
+        keys_dir,
+        workers=1,
+        user_jwks=url,
+        user_issuer=idp.issuer,
+        user_audience=idp.audience,
+    )
+    try:
+        assert_unauthorized(start(server, idp.token(new_user())))
+        assert idp.fetches == fetches and redis_state(real_redis) == {}
+    finally:
+        server.stop()
+        redirecting.shutdown()
+        redirecting.server_close()
 
 
 # --- observability --------------------------------------------------------------------------------
