@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import http.server
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -311,8 +313,28 @@ CASES = {
     "no exp claim": _case(
         401, lambda key, claims, token: signed(key, {k: v for k, v in claims.items() if k != "exp"})
     ),
+    # times are numbers: PyJWT alone would read these with int()
+    "exp a numeric string": _case(
+        401, lambda key, claims, token: signed(key, {**claims, "exp": str(claims["exp"])})
+    ),
+    "iat a numeric string": _case(
+        401, lambda key, claims, token: signed(key, {**claims, "iat": str(claims["iat"])})
+    ),
     "typ JWT": _case(
         401, lambda key, claims, token: signed(key, claims, {"alg": key.alg, "kid": key.kid, "typ": "JWT"})
+    ),
+    # exactly session+jwt: jose's own typ check would lower-case it and take a media type's "application/"
+    "typ application/session+jwt": _case(
+        401,
+        lambda key, claims, token: signed(
+            key, claims, {"alg": key.alg, "kid": key.kid, "typ": "application/session+jwt"}
+        ),
+    ),
+    "typ SESSION+JWT": _case(
+        401,
+        lambda key, claims, token: signed(
+            key, claims, {"alg": key.alg, "kid": key.kid, "typ": "SESSION+JWT"}
+        ),
     ),
     "no typ": _case(401, lambda key, claims, token: signed(key, claims, {"alg": key.alg, "kid": key.kid})),
     "forged: unpublished key under the real kid": _case(
@@ -410,11 +432,26 @@ def test_resource_binding(deployment):
     assert verifier.get(STREAM, token, sid=other_sid).status == 403
     assert verifier.get(STREAM, token, cookie=other_sid).status == 403
     assert verifier.get(STREAM).status == 401  # no token at all
-    # dot segments are resolved before the stream is read: this is a request for OTHER_STREAM
-    path = f"/media/{STREAM}/../{OTHER_STREAM}/seg-1.ts?sid={sid}"
-    assert request(verifier.port, "GET", path, headers={"Authorization": f"Bearer {token}"}).status in (
-        403,
-        404,
+    # dot segments, percent-encoded or not, are resolved (or refused) before the stream is read: each of
+    # these is a request for OTHER_STREAM
+    for dots in ("..", "%2e%2e", "%2E%2E"):
+        path = f"/media/{STREAM}/{dots}/{OTHER_STREAM}/seg-1.ts?sid={sid}"
+        answer = request(verifier.port, "GET", path, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status in (403, 404), (dots, answer.status, answer.body)
+
+
+def test_the_longest_token_passes(deployment):
+    """A token for the longest ids the service takes (256 four-byte characters each) is not too long."""
+    service, verifier = deployment
+    face = "\N{GRINNING FACE}"
+    user, stream = uuid.uuid4().hex[:8] + face * 248, "s" + face * 255
+    sid, token = admitted(start(service.server, user=user, device=face * 256, stream=stream))
+    assert len(token) > 4096
+    answer = verifier.get(stream, token, sid=sid)
+    # nginx lets it through to the file, which is not there: no directory has a name that long
+    assert answer.status == (404 if verifier.kind == "nginx" else 200), (
+        answer.body,
+        verifier.output()[-3000:],
     )
 
 
@@ -434,6 +471,138 @@ def test_jwks_cached_and_unknown_kids_rate_limited(deployment):
         assert verifier.get(STREAM, forged, sid=sid).status == 401
     assert service.jwks_fetches() - before <= 1
     assert verifier.get(STREAM, token, sid=sid).status == 200
+
+
+class FakeJwks:
+    """A copy of the service's JWKS on a server of its own, which can be told to answer 503 or to hang."""
+
+    def __init__(self, keys, max_age_s=300):
+        self.body = json.dumps(keys).encode()
+        self.max_age_s = max_age_s
+        self.mode = "ok"  # or "503", or "hang" (until released)
+        self.requests = self.hanging = 0
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self._server.server_port}{JWKS_ROUTE}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                with fake._lock:
+                    fake.requests += 1
+                    mode = fake.mode
+                    fake.hanging += mode == "hang"
+                if mode == "hang":
+                    fake._released.wait(30)
+                status, body = (503, b"{}") if mode == "503" else (200, fake.body)
+                with contextlib.suppress(OSError):  # the verifier may have given up meanwhile
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Cache-Control", f"public, max-age={fake.max_age_s}")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+                pass
+
+        return Handler
+
+    def release(self):
+        self._released.set()
+
+    def stop(self):
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def fake_jwks(services):
+    """A FakeJwks of the ES256 service's JWKS."""
+    fake = FakeJwks(jwks(services("ES256").server))
+    yield fake
+    fake.stop()
+
+
+def forged_token(service, token):
+    """The claims of `token`, signed by an unpublished key under a random kid."""
+    return jws.sign(impostor(b64(os.urandom(32)), service.active_key().alg), unverified_claims(token))
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_forged_kids_during_a_jwks_outage_cost_one_request_per_interval(
+    kind, services, fake_jwks, tmp_path, request
+):
+    """While the JWKS answers 503, a burst of forged kids costs one JWKS request per refresh interval."""
+    service, interval_s = services("ES256"), 2
+    verifier = start_verifier(kind, fake_jwks.url, tmp_path, request, refresh_interval_s=interval_s)
+    try:
+        sid, token = service.session()
+        assert verifier.get(STREAM, token, sid=sid).status == 200  # the JWKS is cached for 300 s now
+        time.sleep(interval_s + 0.1)  # an unknown kid may refetch now
+        fake_jwks.mode = "503"
+        before, started = fake_jwks.requests, time.monotonic()
+        for _ in range(20):
+            assert verifier.get(STREAM, forged_token(service, token), sid=sid).status in (401, 503)
+        assert verifier.get(STREAM, token, sid=sid).status == 200  # the cached JWKS serves on
+        intervals = 1 + int((time.monotonic() - started) / interval_s)
+        assert fake_jwks.requests - before <= intervals, (fake_jwks.requests - before, intervals)
+    finally:
+        verifier.stop()
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_a_hanging_jwks_refetch_holds_up_no_valid_token(kind, services, fake_jwks, tmp_path, request):
+    """While a forged kid's refetch hangs, a valid token of a cached key passes at once."""
+    service, interval_s = services("ES256"), 1
+    verifier = start_verifier(kind, fake_jwks.url, tmp_path, request, refresh_interval_s=interval_s)
+    try:
+        sid, token = service.session()
+        assert verifier.get(STREAM, token, sid=sid).status == 200
+        time.sleep(interval_s + 0.1)
+        fake_jwks.mode = "hang"
+        stuck = []
+        forger = threading.Thread(
+            target=lambda: stuck.append(verifier.get(STREAM, forged_token(service, token)))
+        )
+        forger.start()
+        try:
+            wait_until(lambda: fake_jwks.hanging, timeout_s=5, what="the forged kid's refetch to hang")
+            started = time.monotonic()
+            answer = verifier.get(STREAM, token, sid=sid)
+            took_s = time.monotonic() - started
+        finally:
+            fake_jwks.release()
+            forger.join()
+        assert answer.status == 200 and took_s < 1, (answer.status, took_s)  # the fetch timeout is 5 s
+        assert stuck[0].status in (401, 503)
+    finally:
+        verifier.stop()
+
+
+def test_python_fails_fast_while_an_expired_jwks_cannot_be_had(services, fake_jwks, tmp_path, request):
+    """Once a fetch of the expired JWKS failed, the next requests of the interval answer 503 without one."""
+    service = services("ES256")
+    fake_jwks.max_age_s = 1
+    verifier = start_verifier("python", fake_jwks.url, tmp_path, request, refresh_interval_s=30)
+    try:
+        sid, token = service.session()
+        assert verifier.get(STREAM, token, sid=sid).status == 200
+        fake_jwks.mode = "503"
+        time.sleep(1.2)  # the cached JWKS expires
+        before = fake_jwks.requests
+        for _ in range(5):
+            assert verifier.get(STREAM, token, sid=sid).status == 503
+        assert fake_jwks.requests - before == 1
+    finally:
+        verifier.stop()
 
 
 def test_nginx_refuses_eddsa(redis_server, tmp_path, request):

@@ -21,7 +21,7 @@ import { errors, importJWK, jwtVerify } from "jose";
 export const ALGORITHMS = ["ES256", "EdDSA", "RS256"]; // what the service signs with; never HS*, never none
 const TOKEN_TYPE = "session+jwt";
 const REQUIRED = ["iss", "aud", "sub", "sid", "iat", "exp", "jti", "stream", "device"];
-const MAX_TOKEN_CHARS = 4096;
+const MAX_TOKEN_CHARS = 6144; // the service's own limit (api/config.py)
 const MIN_CACHE_S = 1;
 const MAX_CACHE_S = 3600;
 
@@ -41,7 +41,7 @@ export class CachedJwks {
     this.keys = null; // kid -> {alg, jwk, key: Promise of the imported key, made on first use}
     this.etag = null;
     this.expiresAt = 0;
-    this.fetchedAt = -Infinity;
+    this.attemptedAt = -Infinity; // when the last fetch started, failed or not: the refetch interval counts it
     this.inflight = null;
     this.fetches = 0;
   }
@@ -51,7 +51,7 @@ export class CachedJwks {
       await this.refresh();
     }
     let entry = this.keys.get(kid);
-    if (!entry && Date.now() - this.fetchedAt >= this.refreshIntervalMs) {
+    if (!entry && Date.now() - this.attemptedAt >= this.refreshIntervalMs) {
       await this.refresh(); // a key published since we fetched, or a forged kid: rate-limited either way
       entry = this.keys.get(kid);
     }
@@ -77,6 +77,7 @@ export class CachedJwks {
       headers["if-none-match"] = this.etag;
     }
     this.fetches += 1;
+    this.attemptedAt = Date.now(); // so that a JWKS outage does not turn each forged kid into a request
     let answer;
     try {
       answer = await fetch(this.url, { headers, redirect: "error", signal: AbortSignal.timeout(this.timeoutMs) });
@@ -106,8 +107,7 @@ export class CachedJwks {
     }
     const cacheControl = answer.headers.get("cache-control") ?? "";
     const maxAge = /no-store/i.test(cacheControl) ? 0 : Number(/(?:^|,)\s*max-age\s*=\s*(\d+)/i.exec(cacheControl)?.[1] ?? 0);
-    this.fetchedAt = Date.now();
-    this.expiresAt = this.fetchedAt + Math.min(Math.max(maxAge, MIN_CACHE_S), MAX_CACHE_S) * 1000;
+    this.expiresAt = Date.now() + Math.min(Math.max(maxAge, MIN_CACHE_S), MAX_CACHE_S) * 1000;
   }
 }
 
@@ -136,11 +136,11 @@ export function createVerifier({
       throw new Refused(401, "no token, or too long");
     }
     let claims;
+    let header;
     try {
-      ({ payload: claims } = await jwtVerify(token, key, {
+      ({ payload: claims, protectedHeader: header } = await jwtVerify(token, key, {
         issuer,
         audience,
-        typ: TOKEN_TYPE,
         algorithms: ALGORITHMS,
         clockTolerance: leewayS,
         requiredClaims: REQUIRED,
@@ -153,6 +153,9 @@ export function createVerifier({
         throw new Refused(401, `${error.code}: ${error.message}`);
       }
       throw error;
+    }
+    if (header.typ !== TOKEN_TYPE) {
+      throw new Refused(401, "wrong token type"); // exactly: jose's `typ` option also takes "application/SESSION+JWT"
     }
     if (claims.aud !== audience) {
       throw new Refused(401, "audience is not ours alone"); // jose accepts a list containing it; we write one

@@ -8,8 +8,7 @@ licence server or a playback backend; tests/test_verifiers.py runs it against th
 
 answers 200 with the token's claims for a valid token of that stream (and of the session named by ?sid= or
 the `sid` cookie, if any), 401 for a missing or invalid token, 403 for a valid token of another stream or
-session, 503 when the JWKS cannot be had. Needs PyJWT with its crypto extra and PyJWKClient's
-`cooldown_duration` (2.15.1 in constraints.txt; 2.10 lacks it).
+session, 503 when the JWKS cannot be had. Needs PyJWT with its crypto extra (2.15.1 in constraints.txt).
 """
 
 import argparse
@@ -17,6 +16,7 @@ import http.cookies
 import http.server
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -28,7 +28,7 @@ import jwt
 ALGORITHMS = ("ES256", "EdDSA", "RS256")  # what the service signs with; never HS*, never none
 TOKEN_TYPE = "session+jwt"
 REQUIRED = ["iss", "aud", "sub", "sid", "iat", "exp", "jti", "stream", "device"]
-MAX_TOKEN_CHARS = 4096
+MAX_TOKEN_CHARS = 6144  # the service's own limit (api/config.py)
 MIN_CACHE_S, MAX_CACHE_S = 1.0, 3600.0
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)\s*(?:,|$)", re.IGNORECASE)
 
@@ -50,15 +50,61 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class CachingJWKClient(jwt.PyJWKClient):
-    """PyJWKClient that keeps the JWKS for its Cache-Control max-age and revalidates it with its ETag."""
+    """PyJWKClient that keeps the JWKS for its Cache-Control max-age and revalidates it with its ETag.
+
+    PyJWKClient's own get_signing_key holds one lock over a whole refetch and starts its cooldown only after a
+    fetch that succeeded: while the JWKS endpoint hangs, one forged kid stalls every verification, and while
+    it fails, every forged kid costs a request. Here a fresh set is read without a lock, one thread fetches
+    at a time, and every attempt, failed or not, counts towards the refresh interval.
+    """
 
     def __init__(self, uri: str, refresh_interval_s: float = 10.0, timeout_s: float = 5.0) -> None:
-        # cooldown_duration: an unknown kid refetches the JWKS at most once per refresh_interval_s
-        super().__init__(uri, cache_jwk_set=True, cooldown_duration=refresh_interval_s, timeout=timeout_s)
+        super().__init__(uri, cache_jwk_set=True, timeout=timeout_s)
+        self.refresh_interval_s = refresh_interval_s
         self._etag: str | None = None
         self._last: jwt.PyJWKSet | None = None
         self._opener = urllib.request.build_opener(_NoRedirects())
+        self._fetch_lock = threading.Lock()
+        self._attempted_at = -float("inf")  # monotonic start of the last fetch, failed or not
+        self._failed = False
         self.fetches = 0
+
+    def get_signing_key(self, kid: str) -> jwt.PyJWK:
+        """Return the key of `kid`; fetch the JWKS when expired, or (rate-limited) when `kid` is unknown."""
+        jwk_set = self.jwk_set_cache.get() if self.jwk_set_cache is not None else None
+        if jwk_set is None:
+            jwk_set = self._fetch_expired()
+        key = _match(jwk_set, kid)
+        if key is None and time.monotonic() - self._attempted_at >= self.refresh_interval_s:
+            # a key published since we fetched, or a forged kid: one refetch per interval either way
+            jwk_set = self._refetch() or jwk_set
+            key = _match(jwk_set, kid)
+        if key is None:
+            raise jwt.PyJWKClientError(f"unknown kid {kid}")
+        return key
+
+    def _fetch_expired(self) -> jwt.PyJWKSet:
+        """Fetch the JWKS we lack, or take the one fetched by the thread we waited for."""
+        with self._fetch_lock:
+            if self.jwk_set_cache is not None and (jwk_set := self.jwk_set_cache.get()) is not None:
+                return jwk_set
+            if self._failed and time.monotonic() - self._attempted_at < self.refresh_interval_s:
+                # fail fast rather than have every request wait out its own timeout
+                raise jwt.PyJWKClientConnectionError("the last JWKS fetch failed a moment ago")
+            return self._fetch()
+
+    def _refetch(self) -> jwt.PyJWKSet | None:
+        """Refetch the JWKS for an unknown kid; None if another thread made this interval's attempt."""
+        with self._fetch_lock:
+            if time.monotonic() - self._attempted_at < self.refresh_interval_s:
+                return None
+            return self._fetch()
+
+    def _fetch(self) -> jwt.PyJWKSet:
+        self._attempted_at, self._failed = time.monotonic(), True
+        jwk_set: jwt.PyJWKSet = self.fetch_data()
+        self._failed = False
+        return jwk_set
 
     def fetch_data(self) -> Any:
         """Fetch the JWKS (conditionally when we hold one), and keep it as long as the answer says."""
@@ -84,8 +130,11 @@ class CachingJWKClient(jwt.PyJWKClient):
             self.jwk_set_cache.lifespan = min(max(max_age, MIN_CACHE_S), MAX_CACHE_S)
             self.jwk_set_cache.put(jwk_set)
         self._etag, self._last = etag, jwk_set
-        self._last_successful_fetch = time.monotonic()  # starts PyJWKClient's refresh cooldown
         return jwk_set
+
+
+def _match(jwk_set: jwt.PyJWKSet, kid: str) -> jwt.PyJWK | None:
+    return next((key for key in jwk_set.keys if key.key_id == kid), None)
 
 
 class SessionTokenVerifier:
@@ -112,7 +161,7 @@ class SessionTokenVerifier:
             kid = jwt.get_unverified_header(token).get("kid")
             if not isinstance(kid, str):
                 raise Refused(401, "no kid")
-            key = self.jwks.get_signing_key(kid)  # only from the JWKS; refetched (rate-limited) if unknown
+            key = self.jwks.get_signing_key(kid)  # only from the JWKS, never from the token
             if key.algorithm_name not in ALGORITHMS or key.public_key_use not in ("sig", None):
                 raise Refused(401, f"key {kid} is not a signing key of ours")
             decoded = jwt.decode_complete(
@@ -131,6 +180,10 @@ class SessionTokenVerifier:
         claims: dict[str, Any] = decoded["payload"]
         if decoded["header"].get("typ") != TOKEN_TYPE:
             raise Refused(401, "wrong token type")
+        # PyJWT reads the time claims with int(), so it takes "1700000000" (and True) for a time
+        times = [claims[name] for name in ("iat", "exp", "nbf") if name in claims]
+        if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in times):
+            raise Refused(401, "a time claim is not a number")
         if not all(isinstance(claims[name], str) for name in ("sub", "sid", "stream", "device", "jti")):
             raise Refused(401, "a string claim is not a string")
         if claims["stream"] != stream:
@@ -146,10 +199,12 @@ def _media_handler(verifier: SessionTokenVerifier) -> type[http.server.BaseHTTPR
 
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
-            segments = url.path.split("/")
+            segments = [urllib.parse.unquote(segment) for segment in url.path.split("/")]
+            # dot segments, percent-encoded or not, are refused rather than resolved: a proxy in front may
+            # resolve /media/a/%2e%2e/b/ to stream b, so reading `a` from it would be wrong
             if len(segments) < 4 or segments[1] != "media" or {".", ".."} & set(segments):
                 return self._answer(404, {"error": "not found"})
-            stream = urllib.parse.unquote(segments[2])
+            stream = segments[2]
             sid = urllib.parse.parse_qs(url.query).get("sid", [None])[0] or self._cookie("sid")
             try:
                 claims = verifier.verify(self._token(url.query), stream, sid)

@@ -32,7 +32,7 @@ const ALGORITHMS = {
     },
 };
 const TOKEN_TYPE = "session+jwt";
-const MAX_TOKEN_CHARS = 4096;
+const MAX_TOKEN_CHARS = 6144; // the service's own limit (api/config.py)
 const COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 const MIN_RSA_BITS = 2048;
 
