@@ -9,13 +9,13 @@ export interface ScheduleSettings {
   heartbeatRatio: number;
   /** Never heartbeat later than this long before the token expires (at most a quarter of its lifetime). Default 5000. */
   expiryMarginMs: number;
-  /** Heartbeats are moved earlier by up to this fraction; also the extra spread above a `Retry-After`. Default 0.1. */
+  /** Heartbeats are moved earlier by up to this fraction; also the extra spread above a `Retry-After`. At least 0, under 1. Default 0.1. */
   jitterRatio: number;
-  /** First retry delay after a 503, 429, other 5xx or network error; doubles per failure. Default 500. */
+  /** First retry delay after a 503, 429, other 5xx or network error; doubles per failure. Over 0. Default 500. */
   backoffInitialMs: number;
-  /** Cap of the retry delay (a longer `Retry-After` wins). Default 8000. */
+  /** Cap of the retry delay (a longer `Retry-After` wins); at least `backoffInitialMs`. Default 8000. */
   backoffMaxMs: number;
-  /** The last retry goes out this long before the token expires. Default 500. */
+  /** The last retry goes out this long before the token expires; under `expiryMarginMs`. Default 500. */
   finalAttemptMarginMs: number;
   /** A request unanswered after this long is a network error (`timeout`). Default 10000. */
   requestTimeoutMs: number;
@@ -211,6 +211,7 @@ export class ConcurrencySession extends EventTarget {
 
 /** Talks to one concurrency service. */
 export class ConcurrencyClient {
+  /** @throws TypeError for a missing `baseUrl` or a schedule setting out of its range. */
   constructor(options: ConcurrencyClientOptions);
   /**
    * Start a session (`POST /v1/sessions`); resolves with the admitted session, already heartbeating.

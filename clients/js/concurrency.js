@@ -22,13 +22,13 @@ export const DEFAULTS = Object.freeze({
   heartbeatRatio: 0.5,
   /** ...and never later than this long before the token expires (capped at a quarter of its lifetime). */
   expiryMarginMs: 5000,
-  /** Heartbeats are moved earlier by up to this fraction, so that players do not beat in lockstep. */
+  /** Heartbeats are moved earlier by up to this fraction (< 1), so that players do not beat in lockstep. */
   jitterRatio: 0.1,
   /** First retry delay after a 503, 429, other 5xx or a network error; doubles on every failure... */
   backoffInitialMs: 500,
   /** ...up to this cap. A `Retry-After` longer than the backoff wins. */
   backoffMaxMs: 8000,
-  /** The last retry is sent this long before the token expires; if it fails, the session ends `expired`. */
+  /** The last retry is sent this long (< expiryMarginMs) before the token expires; if it fails, it ends `expired`. */
   finalAttemptMarginMs: 500,
   /** A request with no answer after this long counts as a network error. */
   requestTimeoutMs: 10000,
@@ -140,6 +140,17 @@ export class ConcurrencyClient {
     }
     if (!(settings.heartbeatRatio > 0 && settings.heartbeatRatio < 1)) {
       throw new TypeError("options.heartbeatRatio must be between 0 and 1");
+    }
+    // Each of these would make a delay zero or negative: heartbeats or retries back to back.
+    if (!(settings.jitterRatio < 1)) {
+      throw new TypeError("options.jitterRatio must be >= 0 and < 1");
+    }
+    if (!(settings.backoffInitialMs > 0 && settings.backoffMaxMs >= settings.backoffInitialMs)) {
+      throw new TypeError("options.backoffInitialMs must be > 0 and no more than options.backoffMaxMs");
+    }
+    // A last retry due no later than the latest heartbeat would leave a failed heartbeat no retry at all.
+    if (!(settings.finalAttemptMarginMs < settings.expiryMarginMs)) {
+      throw new TypeError("options.finalAttemptMarginMs must be less than options.expiryMarginMs");
     }
     const fetchImpl = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
     const win = options.window === undefined ? globalThis.window : options.window;

@@ -67,6 +67,24 @@ test("start checks its arguments", async () => {
   assert.throws(() => new ConcurrencyClient({ baseUrl: "", heartbeatRatio: 1 }), TypeError);
 });
 
+test("schedule options that would make delays zero or negative are refused", () => {
+  for (const bad of [
+    { jitterRatio: 1 },
+    { jitterRatio: 1.5 },
+    { jitterRatio: -0.1 },
+    { backoffInitialMs: 0 },
+    { backoffMaxMs: 0 },
+    { backoffInitialMs: 9000, backoffMaxMs: 8000 },
+    { finalAttemptMarginMs: 5000 },
+    { finalAttemptMarginMs: 1000, expiryMarginMs: 500 },
+  ]) {
+    assert.throws(() => new ConcurrencyClient({ baseUrl: "", ...bad }), TypeError, JSON.stringify(bad));
+  }
+  assert.doesNotThrow(
+    () => new ConcurrencyClient({ baseUrl: "", jitterRatio: 0.99, backoffInitialMs: 1, finalAttemptMarginMs: 4999 }),
+  );
+});
+
 test("heartbeats at half the lifetime, always with the newest token, each answer a token event", async () => {
   const env = setup();
   const { s, events } = await started(env);
