@@ -210,8 +210,7 @@ class Config:
                 "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required with"
                 " CONCURRENCY_USER_JWKS"
             )
-        jwks = urllib.parse.urlsplit(self.user_jwks)
-        if jwks.scheme == "http" and jwks.hostname not in ("localhost", "127.0.0.1", "::1"):
+        if self.user_jwks.lower().startswith("http://") and not _loopback(self.user_jwks):
             # Whoever can change the key set on its way here can sign as any user.
             raise ConfigError(f"{self.env_name('user_jwks')} must be https:// (http:// on loopback only)")
 
@@ -290,6 +289,17 @@ class Config:
             parse = field.metadata["parse"] or _parser(type(field.default))
             values[field.name] = parse(raw, env)
         return cls(**values, **overrides)
+
+
+def _loopback(url: str) -> bool:
+    """Whether `url` names a loopback host, as the fetch will read it: a bracketed IPv6 address alone, or a
+    host without brackets or user info (`http://[::1].evil.example/` is not [::1] to urllib)."""
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:
+        return False
+    host = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^\[\]@:]+)(:[0-9]*)?", netloc)
+    return host is not None and host[1].strip("[]").lower() in ("localhost", "127.0.0.1", "::1")
 
 
 def _parser(kind: type) -> Callable[[str, str], Any]:

@@ -85,7 +85,7 @@ def jwks_from(source: str) -> JwkSource | None:
     """Return a cached JWKS URL client or a fixed file; None when user tokens are not configured."""
     if not source:
         return None
-    if source.startswith(("https://", "http://")):
+    if source.lower().startswith(("https://", "http://")):
         return _UrlJwks(source)
     with open(source, encoding="utf-8") as file:
         return _FileJwks(json.load(file))

@@ -207,7 +207,7 @@ class Lifecycle:
                 for other in others:
                     if other.state == "retiring":  # it still signs: the rotation to `kid` is called off
                         other.state = "active"
-                        del other.times["retiring"]
+                        other.times.pop("retiring", None)
                         steps.append(Step("signs-on", other.kid, now))
                         self._store.changed("activate", other.kid, rotation_cancelled=True)
                     elif other.since > now:
@@ -237,7 +237,8 @@ class Lifecycle:
                 self._store.delete_private(record.kid)
         for record in done:
             self._store.changed("prune", record.kid, state="retired")
-        self._store.remove_leftovers({r.kid for r in records}, now - STALE_TEMP_FILE_S)
+        for kid in self._store.remove_leftovers({r.kid for r in records}, now - STALE_TEMP_FILE_S):
+            self._store.changed("prune", kid, state="never recorded")  # written by a command that died
         waiting = [r for r in retiring if r.state == "retiring"]
         return [Step("pruned", r.kid, now) for r in done] + [
             Step("stays-retiring", r.kid, r.active_until + self._policy.retiring_s) for r in waiting

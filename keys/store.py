@@ -149,9 +149,8 @@ class KeyStore:
     def locked(self) -> Iterator[None]:
         """Hold the directory's write lock, so two commands never interleave their changes."""
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.directory, ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        fd = self._open_own(".lock", os.O_RDWR)
         try:
-            self._to_owner(fd)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
@@ -161,20 +160,34 @@ class KeyStore:
         """Log a change and append it to the directory's audit trail, `keys.log` (JSON lines)."""
         entry = {"time": round(self._clock(), 3), "action": action, "kid": kid, "user": _user(), **details}
         log.info("key %s: %s %s", action, kid, " ".join(f"{k}={v}" for k, v in details.items()))
-        fd = os.open(os.path.join(self.directory, AUDIT_LOG), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as file:
-            self._to_owner(fd)
+        with os.fdopen(self._open_own(AUDIT_LOG, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as file:
             file.write(json.dumps(entry, sort_keys=True) + "\n")
 
-    def remove_leftovers(self, kids: set[str], older_than: float) -> None:
+    def remove_leftovers(self, kids: set[str], older_than: float) -> list[str]:
         """Delete what commands that died left, written before `older_than` (epoch seconds): temporary files,
-        and the PEMs of keys that no record in `kids` names (written, but the manifest never saved)."""
+        and keys written but never recorded: a `<kid>.pem` holding the key of that kid, which no record in
+        `kids` names. With no records (no manifest, or the wrong directory) no key is deleted. Return the
+        kids of the keys deleted. What is not a regular file, or cannot be read, is left alone."""
+        deleted = []
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 name = entry.name
-                orphan = name.endswith(".pem") and name[:-4] not in kids
-                if (name.startswith(".tmp-") or orphan) and entry.stat().st_mtime < older_than:
-                    os.unlink(entry.path)
+                try:
+                    if not entry.is_file(follow_symlinks=False) or entry.stat().st_mtime >= older_than:
+                        continue
+                    if name.startswith(".tmp-"):
+                        os.unlink(entry.path)
+                    elif (
+                        kids
+                        and name.endswith(".pem")
+                        and name[:-4] not in kids
+                        and _holds_own_kid(entry.path)
+                    ):
+                        os.unlink(entry.path)
+                        deleted.append(name[:-4])
+                except OSError:
+                    continue
+        return deleted
 
     def _env_key(self, directory_keys: list[SigningKey]) -> SigningKey | None:
         """The key from the environment: it signs until a directory key becomes active, then it retires."""
@@ -194,45 +207,51 @@ class KeyStore:
 
     def _read_private(self, record: KeyRecord) -> PrivateKey:
         path = os.path.join(self.directory, f"{record.kid}.pem")
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise KeyStoreError(f"{path}: private key file is missing") from None
-        except OSError as exc:
-            raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
-        try:
-            mode = os.fstat(fd).st_mode
-            data = b""  # reading a directory in its place fails; so do EIO and ESTALE
-            while len(data) <= MAX_PEM_BYTES and (chunk := os.read(fd, MAX_PEM_BYTES + 1 - len(data))):
-                data += chunk
-        except OSError as exc:
-            raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
-        finally:
-            os.close(fd)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyStoreError(f"{path}: private key is readable by others; run chmod 600 {path}")
-        if len(data) > MAX_PEM_BYTES:
-            raise KeyStoreError(f"{path}: not a private key (over {MAX_PEM_BYTES} bytes)")
-        private_key, alg = load_pem(data, path)
+        private_key, alg = load_pem(_read_pem(path), path)
         if alg != record.alg:
             raise KeyStoreError(f"{path}: {alg} key, but {MANIFEST} says {record.alg}")
         if thumbprint(alg, private_key.public_key()) != record.kid:
             raise KeyStoreError(f"{path}: key does not match its kid")
         return private_key
 
-    def _to_owner(self, fd: int) -> None:
+    def _open_own(self, name: str, flags: int) -> int:
+        """Open (or create) one of the directory's own files: never through a symlink, never a file with
+        other names (a hard link), so that root giving it to the directory's owner gives nothing else."""
+        path = os.path.join(self.directory, name)
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: cannot open ({exc.strerror})") from None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+                raise KeyStoreError(f"{path}: not a plain file of the key directory")
+            self._to_owner(fd, status)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _to_owner(self, fd: int, status: os.stat_result) -> None:
         """Run as root (`sudo concurrency-service keys ...`), give what it writes to the directory's owner,
         the service's user: a root-owned 0600 PEM is one the service cannot read, and refuses to load."""
-        if os.geteuid() == 0:
-            directory = os.stat(self.directory)
-            os.fchown(fd, directory.st_uid, directory.st_gid)
+        if os.geteuid() != 0:
+            return
+        directory = os.stat(self.directory)
+        if (status.st_uid, status.st_gid) != (directory.st_uid, directory.st_gid):
+            try:
+                os.fchown(fd, directory.st_uid, directory.st_gid)
+            except OSError as exc:
+                raise KeyStoreError(
+                    f"{self.directory}: cannot give a file to its owner ({exc.strerror})"
+                ) from None
 
     def _write(self, name: str, data: bytes, mode: int) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)  # a new file: O_EXCL, no symlink
         try:
-            os.fchmod(fd, mode)
-            self._to_owner(fd)
             with os.fdopen(fd, "wb") as file:
+                os.fchmod(fd, mode)
+                self._to_owner(fd, os.fstat(fd))
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
@@ -241,6 +260,40 @@ class KeyStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _read_pem(path: str) -> bytes:
+    """A private key file's bytes; KeyStoreError naming the file if it cannot be read, or others can."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise KeyStoreError(f"{path}: private key file is missing") from None
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        data = b""  # reading a directory in its place fails; so do EIO and ESTALE
+        while len(data) <= MAX_PEM_BYTES and (chunk := os.read(fd, MAX_PEM_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyStoreError(f"{path}: private key is readable by others; run chmod 600 {path}")
+    if len(data) > MAX_PEM_BYTES:
+        raise KeyStoreError(f"{path}: not a private key (over {MAX_PEM_BYTES} bytes)")
+    return data
+
+
+def _holds_own_kid(path: str) -> bool:
+    """Whether `path` is `<kid>.pem` holding the key of that kid: one `KeyStore.create` wrote."""
+    kid = os.path.basename(path)[:-4]
+    try:
+        private_key, alg = load_pem(_read_pem(path), path)
+    except KeyStoreError:
+        return False
+    return thumbprint(alg, private_key.public_key()) == kid
 
 
 def _not_writable_by_others(path: str, what: str, status: os.stat_result | None = None) -> None:

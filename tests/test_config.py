@@ -352,9 +352,20 @@ def test_overrides_win_over_the_environment():
             {"user_jwks": "https://idp.example/jwks", "user_audience": "concurrency"},
             "CONCURRENCY_USER_ISSUER and CONCURRENCY_USER_AUDIENCE are required",
         ),
-        (
-            {"user_jwks": "http://idp.example/jwks", "user_issuer": "i", "user_audience": "a"},
-            r"CONCURRENCY_USER_JWKS must be https:// \(http:// on loopback only\)",
+        *(
+            (
+                {"user_jwks": url, "user_issuer": "i", "user_audience": "a"},
+                r"CONCURRENCY_USER_JWKS must be https:// \(http:// on loopback only\)",
+            )
+            for url in (
+                "http://idp.example/jwks",
+                "HTTP://idp.example/jwks",
+                "http://127.0.0.1.evil.example/jwks",
+                "http://127.0.0.1@evil.example/jwks",
+                "http://[::1].evil.example:8080/jwks",  # urlsplit's hostname says ::1; urllib asks DNS
+                "http://evil.example[::1]/jwks",
+                "http://[::1",
+            )
         ),
     ],
 )
@@ -375,7 +386,12 @@ def test_the_smallest_valid_values_are_accepted():
     assert config.keys_propagation_s == 0
     jwks = Config(user_jwks="jwks.json", user_issuer="https://idp.example", user_audience="concurrency")
     assert jwks.user_jwks == "jwks.json"
-    for url in ("https://idp.example/jwks", "http://127.0.0.1:8080/jwks", "http://[::1]/jwks"):
+    for url in (
+        "https://idp.example/jwks",
+        "http://127.0.0.1:8080/jwks",
+        "http://[::1]/jwks",
+        "http://localhost/j",
+    ):
         assert Config(user_jwks=url, user_issuer="i", user_audience="a").user_jwks == url
 
 

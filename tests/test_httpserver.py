@@ -756,3 +756,20 @@ def test_a_request_read_ahead_keeps_the_time_it_had_while_the_server_does_not_re
 
     answers = run_worker(Slow(), scenario, header_timeout_s=0.2)
     assert [answer.startswith(b"HTTP/1.1 200 ") for answer in answers] == [True] * 3
+
+
+def test_a_request_read_ahead_that_never_ends_is_still_cut_off_after_the_pause():
+    """Its deadline stops while the server does not read, then runs on: it is not dropped."""
+
+    async def scenario(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+        await asyncio.sleep(0.05)
+        writer.write(pipelined_fine(1, 10) + b"GET /fine HTTP/1.1\r\n")  # the last never ends
+        answers = [await asyncio.wait_for(reader.readuntil(b"fine"), 5) for _ in range(2)]
+        rest = await asyncio.wait_for(reader.read(), 5)  # the close, a header timeout after the resume
+        writer.close()
+        return answers, rest
+
+    answers, rest = run_worker(Slow(), scenario, header_timeout_s=0.2)
+    assert [answer.startswith(b"HTTP/1.1 200 ") for answer in answers] == [True] * 2 and rest == b""

@@ -238,17 +238,38 @@ def test_prune_deletes_the_private_key_a_crash_left_behind(store, lifecycle, clo
     store.load()  # raises if a key that still signs or verifies lost its PEM
 
 
-def test_prune_deletes_a_private_key_no_record_names_once_it_is_old(store, lifecycle, clock):
-    """A command that died after writing a key but before saving the manifest leaves an orphan PEM."""
+def aged(path, clock, age_s):
+    os.utime(path, (clock.now - age_s, clock.now - age_s))
+    return path
+
+
+def test_prune_deletes_a_key_written_but_never_recorded_once_it_is_old(store, lifecycle, clock):
+    """A command that died after writing a key but before saving the manifest leaves an orphan PEM. Only
+    such a file goes: a `<kid>.pem` holding that kid's key, not some other PEM, link or directory."""
     store.generate("ES256")
-    orphan, young = (os.path.join(store.directory, f"{c * 43}.pem") for c in "ab")
-    for path, age_s in ((orphan, 7200), (young, 0)):
-        with open(path, "w") as file:
-            file.write("written, never recorded")
-        os.utime(path, (clock.now - age_s, clock.now - age_s))
+    orphan, young = (store.create("ES256", "next").kid for _ in range(2))  # written, never saved
+    pem = os.path.join(store.directory, "{}.pem").format
+    with open(pem("tls"), "w") as file:
+        file.write("-----BEGIN PRIVATE KEY-----\nsomething else\n")
+    os.mkdir(pem("a-directory"))
+    for name in (orphan, "tls", "a-directory"):
+        aged(pem(name), clock, 7200)
+    aged(pem(young), clock, 60)
+    os.symlink("/nonexistent", pem("dangling"))
     lifecycle.prune()
-    assert not os.path.exists(orphan) and os.path.exists(young)
+    assert not os.path.exists(pem(orphan))
+    assert all(os.path.lexists(pem(name)) for name in (young, "tls", "dangling", "a-directory"))
+    assert f'"kid": "{orphan}"' in audit(store) and "never recorded" in audit(store)
     store.load()
+
+
+def test_prune_deletes_no_key_where_there_is_no_manifest(store, lifecycle, clock):
+    """The manifest moved away, or the wrong directory: every PEM looks unrecorded, and none may go."""
+    kid = store.generate("ES256")
+    os.rename(store.manifest_path, store.manifest_path + ".aside")
+    aged(os.path.join(store.directory, f"{kid}.pem"), clock, 7200)
+    lifecycle.prune()
+    assert os.path.exists(os.path.join(store.directory, f"{kid}.pem"))
 
 
 def test_there_is_always_a_signing_key(store, lifecycle, clock):

@@ -136,6 +136,25 @@ def test_what_root_writes_belongs_to_the_directorys_owner(store):
         assert (owner.st_uid, owner.st_gid) == (65534, 65534), name
 
 
+@pytest.mark.parametrize("name", [".lock", "keys.log"])
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_a_link_in_place_of_the_lock_or_the_log_is_refused(store, tmp_path, name, link):
+    """Whoever may write the directory could point its lock or log at /etc/sudoers: root running `keys`
+    would give that file to the directory's owner (and append to it)."""
+    store.generate("ES256")
+    victim = tmp_path / "victim"
+    victim.write_text("root's own\n")
+    os.chmod(victim, 0o600)
+    if os.geteuid() == 0:
+        os.chown(store.directory, 65534, 65534)
+    path = os.path.join(store.directory, name)
+    os.unlink(path)
+    os.symlink(victim, path) if link == "symlink" else os.link(victim, path)
+    with pytest.raises(KeyStoreError, match=name):
+        store.generate("ES256")
+    assert victim.read_text() == "root's own\n" and os.stat(victim).st_uid == os.geteuid()
+
+
 def test_swapped_private_key_names_the_file(store):
     kid = store.generate("ES256")
     path = os.path.join(store.directory, f"{kid}.pem")
