@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+from . import strict_json
 from .errors import KeyStoreError
 from .material import (
     ENV_SOURCE,
@@ -77,8 +78,8 @@ class KeyStore:
         except OSError as exc:
             raise KeyStoreError(f"{path}: cannot read key manifest ({exc.strerror})") from None
         try:
-            manifest = json.loads(data)
-        except ValueError as exc:
+            manifest = strict_json.loads(data)  # NaN times or a kid named twice would be read some way
+        except (ValueError, RecursionError) as exc:
             raise KeyStoreError(f"{path}: corrupt or half-written key manifest ({exc})") from None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("keys"), list):
             raise KeyStoreError(f'{path}: key manifest must be an object with a "keys" list')

@@ -74,6 +74,22 @@ def test_corrupt_manifest_names_the_file(store):
 
 
 @pytest.mark.parametrize(
+    "text",
+    [
+        '{"keys": [{"times": {"active": NaN}}]}',  # every comparison with it is false
+        '{"keys": [], "keys": []}',
+        "[" * 100_000,
+    ],
+)
+def test_a_manifest_that_is_not_strict_json_names_the_file(store, text):
+    store.generate("ES256")
+    with open(store.manifest_path, "w") as file:
+        file.write(text)
+    with pytest.raises(KeyStoreError, match=f"{store.manifest_path}: corrupt or half-written"):
+        store.load()
+
+
+@pytest.mark.parametrize(
     "change, message",
     [
         (lambda r: r.update(kid="../../etc/passwd"), "bad kid"),
