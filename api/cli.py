@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(keys_cli.kids_as_positionals(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args) or 0
-    except (ConfigError, KeyStoreError) as exc:
+    except (ConfigError, KeyStoreError, OSError) as exc:  # OSError: a key directory's owner may not, say
         print(f"concurrency-service: {exc}", file=sys.stderr)
         return 2
 

@@ -139,7 +139,8 @@ class _UrlJwks(_FileJwks):
     def _fetch(self) -> None:
         self._fetched_at = time.monotonic()
         try:
-            with _NO_REDIRECTS.open(self._url, timeout=JWKS_FETCH_TIMEOUT_S) as answer:
+            opener = _LOOPBACK if self._url.lower().startswith("http://") else _HTTPS
+            with opener.open(self._url, timeout=JWKS_FETCH_TIMEOUT_S) as answer:
                 document = answer.read(MAX_JWKS_BYTES + 1)
             if len(document) > MAX_JWKS_BYTES:
                 raise ValueError(f"the key set is larger than {MAX_JWKS_BYTES} bytes")
@@ -153,7 +154,9 @@ class _Refuse(urllib.request.HTTPRedirectHandler):
         return None  # the key set comes from the configured URL only (a redirect could downgrade to http)
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_Refuse())
+_HTTPS = urllib.request.build_opener(_Refuse())  # through HTTPS_PROXY if set: TLS end to end
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}), _Refuse())  # http_proxy would
+# carry a loopback http:// fetch off the machine, in the clear
 
 
 def _by_kid(document: dict[str, Any]) -> dict[str, jwt.PyJWK]:

@@ -5,10 +5,13 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import stat
 import sys
 import time
 from collections.abc import Callable
 
+from .errors import KeyStoreError
 from .keyring import KeySet
 from .records import ALGORITHMS, KID
 from .rotation import Lifecycle, RotationPolicy, Step, at
@@ -38,7 +41,13 @@ def add_parser(
     ) -> argparse.ArgumentParser:
         parser = keys.add_parser(name, help=help, description=help)
         parser.add_argument("--dir", help="key directory (default: CONCURRENCY_KEYS_DIR)")
-        parser.set_defaults(run=lambda args: run(args, settings()))
+
+        def run_as_owner(args: argparse.Namespace) -> None:
+            given = settings()
+            as_owner_of(args.dir or given.keys_dir)
+            run(args, given)
+
+        parser.set_defaults(run=run_as_owner)
         return parser
 
     generate = command(
@@ -84,6 +93,30 @@ def add_parser(
         metavar="DURATION",
         help="rotate once the active key has signed this long: 30d, 12h, 90m, 3600s (default %(default)s)",
     )
+
+
+def as_owner_of(directory: str) -> None:
+    """Run as root (`sudo concurrency-service keys ...`), act as the key directory's owner, the service's
+    user: what is written there is the service's to read, and nothing in it (a symlink, a hard link, the
+    directory swapped for another) can lead root's powers elsewhere. As root, a symlinked directory is
+    refused, and so is a root-owned one whose parent others may change (they could swap it)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        status = os.lstat(directory)
+    except FileNotFoundError:
+        return  # made by root, for root: `keys generate` makes it
+    if stat.S_ISLNK(status.st_mode):
+        raise KeyStoreError(f"{directory}: a symlink; as root, name the key directory itself")
+    if status.st_uid == 0:
+        parent = os.stat(os.path.dirname(os.path.abspath(directory)))
+        open_to_others = parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX
+        if parent.st_uid != 0 or open_to_others:
+            raise KeyStoreError(f"{directory}: others may replace it (its parent is not root's alone)")
+        return
+    os.setgroups([])
+    os.setresgid(status.st_gid, status.st_gid, status.st_gid)
+    os.setresuid(status.st_uid, status.st_uid, status.st_uid)
 
 
 def duration(text: str) -> float:

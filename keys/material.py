@@ -8,7 +8,7 @@ import hmac
 import json
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -176,7 +176,7 @@ def load_pem(data: bytes, where: str) -> tuple[PrivateKey, str]:
     """Parse a private PEM and name its algorithm; raise KeyStoreError naming `where`."""
     try:
         private_key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # the last: a curve OpenSSL lacks
         raise KeyStoreError(f"{where}: not a readable unencrypted private key ({exc})") from None
     alg = algorithm_of(private_key)
     if alg is None:

@@ -70,7 +70,7 @@ class KeyStore:
         path = self.manifest_path
         _not_writable_by_others(self.directory, "key directory")
         try:
-            with open(path, "rb") as file:
+            with os.fdopen(_open_plain(path, os.O_RDONLY), "rb") as file:
                 _not_writable_by_others(path, "key manifest", os.fstat(file.fileno()))
                 data = file.read()
         except FileNotFoundError:
@@ -216,43 +216,15 @@ class KeyStore:
         return private_key
 
     def _open_own(self, name: str, flags: int) -> int:
-        """Open (or create) one of the directory's own files: never through a symlink, never a file with
-        other names (a hard link), so that root giving it to the directory's owner gives nothing else."""
-        path = os.path.join(self.directory, name)
-        try:
-            fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise KeyStoreError(f"{path}: cannot open ({exc.strerror})") from None
-        try:
-            status = os.fstat(fd)
-            if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
-                raise KeyStoreError(f"{path}: not a plain file of the key directory")
-            self._to_owner(fd, status)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _to_owner(self, fd: int, status: os.stat_result) -> None:
-        """Run as root (`sudo concurrency-service keys ...`), give what it writes to the directory's owner,
-        the service's user: a root-owned 0600 PEM is one the service cannot read, and refuses to load."""
-        if os.geteuid() != 0:
-            return
-        directory = os.stat(self.directory)
-        if (status.st_uid, status.st_gid) != (directory.st_uid, directory.st_gid):
-            try:
-                os.fchown(fd, directory.st_uid, directory.st_gid)
-            except OSError as exc:
-                raise KeyStoreError(
-                    f"{self.directory}: cannot give a file to its owner ({exc.strerror})"
-                ) from None
+        """Open (or create) the lock or the audit log: a plain file, not through a symlink (and a FIFO in its
+        place would block the command, and the lock with it)."""
+        return _open_plain(os.path.join(self.directory, name), flags | os.O_CREAT | os.O_NOFOLLOW, 0o600)
 
     def _write(self, name: str, data: bytes, mode: int) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)  # a new file: O_EXCL, no symlink
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as file:
                 os.fchmod(fd, mode)
-                self._to_owner(fd, os.fstat(fd))
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
@@ -266,11 +238,9 @@ class KeyStore:
 def _read_pem(path: str) -> bytes:
     """A private key file's bytes; KeyStoreError naming the file if it cannot be read, or others can."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = _open_plain(path, os.O_RDONLY)
     except FileNotFoundError:
         raise KeyStoreError(f"{path}: private key file is missing") from None
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: cannot read private key ({exc.strerror})") from None
     try:
         mode = os.fstat(fd).st_mode
         data = b""  # reading a directory in its place fails; so do EIO and ESTALE
@@ -285,6 +255,21 @@ def _read_pem(path: str) -> bytes:
     if len(data) > MAX_PEM_BYTES:
         raise KeyStoreError(f"{path}: not a private key (over {MAX_PEM_BYTES} bytes)")
     return data
+
+
+def _open_plain(path: str, flags: int, mode: int = 0o600) -> int:
+    """Open a regular file, without blocking on a FIFO in its place; raise KeyStoreError naming it if it
+    cannot be opened or is no plain file (FileNotFoundError stays itself)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: cannot open ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KeyStoreError(f"{path}: not a plain file")
+    return fd
 
 
 def _holds_own_kid(path: str) -> bool:

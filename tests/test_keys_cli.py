@@ -2,8 +2,11 @@
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -11,6 +14,8 @@ import pytest
 from api.cli import main
 from keys.cli import duration
 from keys.rotation import at
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -134,6 +139,59 @@ def test_installed_command(tmp_path):
     command = [sys.executable, "-m", "api.cli", "keys", "generate", "--dir", str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
     assert len(done.stdout.strip()) == 43
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="what root does (CI runs as root)")
+
+
+@pytest.fixture
+def reachable(tmp_path):
+    """A directory everyone may reach (pytest's own are root's alone), as a service's home is."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="keys-cli-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+@ROOT_ONLY
+def test_root_acts_as_the_owner_of_the_key_directory(reachable):
+    """`sudo concurrency-service keys ...` on the service's directory: what it writes is the service's to
+    read, and nothing in the directory can lead root's powers elsewhere (it runs with the owner's)."""
+    tmp_path = reachable
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 65534)
+    victim = tmp_path / "victim"
+    victim.write_text("root's own\n")
+    os.chmod(victim, 0o600)
+    os.symlink(victim, directory / ".tmp-old")  # what a root prune would have unlinked: only the link
+    command = [sys.executable, "-m", "api.cli", "keys", "generate", "--dir", str(directory)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    kid = done.stdout.strip()
+    for name in (f"{kid}.pem", "keys.json", "keys.log", ".lock"):
+        owner = os.stat(directory / name)
+        assert (owner.st_uid, owner.st_gid) == (65534, 65534), name
+    assert victim.read_text() == "root's own\n" and os.stat(victim).st_uid == 0
+
+
+@ROOT_ONLY
+def test_root_refuses_a_key_directory_that_others_could_swap(keys, tmp_path):
+    """A symlink, or a directory in a parent that others may write: whoever controls that could point
+    root's writes at any directory between its check and its writes."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    code, _, err = keys("list", "--dir", str(tmp_path / "link"))
+    assert code == 2 and "symlink" in err
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # not sticky: anyone may rename what is in it
+    (shared / "keys").mkdir(mode=0o700)
+    code, _, err = keys("list", "--dir", str(shared / "keys"))
+    assert code == 2 and "others may replace it" in err
+    os.chmod(shared, 0o1777)  # sticky, as /tmp: only the owner renames its entries
+    assert keys("list", "--dir", str(shared / "keys"))[0] == 0
 
 
 def key_starting_with_a_dash(keys):

@@ -1,8 +1,10 @@
 """The key directory: formats, permissions, atomic writes and clear errors naming the file."""
 
+import base64
 import json
 import os
 import stat
+import threading
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -136,39 +138,65 @@ def test_an_unreadable_private_key_names_the_file(store):
     path = os.path.join(store.directory, f"{kid}.pem")
     os.unlink(path)
     os.mkdir(path, 0o700)
-    with pytest.raises(KeyStoreError, match=f"{path}: cannot read private key"):
+    with pytest.raises(KeyStoreError, match=f"{path}: not a plain file"):
         store.load()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files away")
-def test_what_root_writes_belongs_to_the_directorys_owner(store):
-    """`sudo concurrency-service keys ...` on the service's directory: root-owned 0600 PEMs would be keys
-    the service cannot read."""
-    os.makedirs(store.directory, mode=0o700, exist_ok=True)
-    os.chown(store.directory, 65534, 65534)
-    kid = store.generate("ES256")
-    for name in (f"{kid}.pem", MANIFEST, "keys.log", ".lock"):
-        owner = os.stat(os.path.join(store.directory, name))
-        assert (owner.st_uid, owner.st_gid) == (65534, 65534), name
-
-
-@pytest.mark.parametrize("name", [".lock", "keys.log"])
-@pytest.mark.parametrize("link", ["symlink", "hard link"])
-def test_a_link_in_place_of_the_lock_or_the_log_is_refused(store, tmp_path, name, link):
-    """Whoever may write the directory could point its lock or log at /etc/sudoers: root running `keys`
-    would give that file to the directory's owner (and append to it)."""
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        (".lock", "symlink"),
+        ("keys.log", "symlink"),
+        *((name, "fifo") for name in (".lock", "keys.log", MANIFEST)),
+    ],
+)
+def test_a_symlink_or_a_fifo_in_place_of_the_lock_the_log_or_the_manifest_is_refused(
+    store, tmp_path, name, kind
+):
+    """A symlinked lock or log would lead a command's writes elsewhere; a FIFO would block it for ever,
+    holding the lock that the hourly `maintain` waits for."""
     store.generate("ES256")
     victim = tmp_path / "victim"
-    victim.write_text("root's own\n")
-    os.chmod(victim, 0o600)
-    if os.geteuid() == 0:
-        os.chown(store.directory, 65534, 65534)
+    victim.write_text("someone else's\n")
     path = os.path.join(store.directory, name)
     os.unlink(path)
-    os.symlink(victim, path) if link == "symlink" else os.link(victim, path)
-    with pytest.raises(KeyStoreError, match=name):
-        store.generate("ES256")
-    assert victim.read_text() == "root's own\n" and os.stat(victim).st_uid == os.geteuid()
+    os.symlink(victim, path) if kind == "symlink" else os.mkfifo(path, 0o600)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(raised(store.generate, "ES256")), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert len(outcome) == 1, "the command blocked"
+    assert isinstance(outcome[0], KeyStoreError) and name in str(outcome[0])
+    assert victim.read_text() == "someone else's\n"
+
+
+def raised(call, *args):
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 -- the test looks at it
+        return exc
+    return None
+
+
+def unsupported_curve_pem():
+    """A PKCS#8 EC key on secp112r1, which OpenSSL parses and cryptography refuses (UnsupportedAlgorithm)."""
+
+    def tlv(tag, body):
+        return bytes([tag, len(body)]) + body
+
+    sec1 = tlv(0x30, tlv(0x02, b"\x01") + tlv(0x04, b"\x01" * 14))
+    algorithm = bytes.fromhex("06072a8648ce3d0201") + bytes.fromhex("06052b81040006")
+    der = tlv(0x30, tlv(0x02, b"\x00") + tlv(0x30, algorithm) + tlv(0x04, sec1))
+    return b"-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(der) + b"-----END PRIVATE KEY-----\n"
+
+
+def test_a_key_of_an_unsupported_curve_names_the_file(store):
+    kid = store.generate("ES256")
+    path = os.path.join(store.directory, f"{kid}.pem")
+    with open(path, "wb") as file:
+        file.write(unsupported_curve_pem())
+    with pytest.raises(KeyStoreError, match=f"{path}: not a readable unencrypted private key"):
+        store.load()
 
 
 def test_swapped_private_key_names_the_file(store):

@@ -467,6 +467,28 @@ def test_a_jwks_url_that_redirects_is_not_followed(redis_server, keys_dir, idp, 
         redirecting.server_close()
 
 
+def test_a_loopback_jwks_url_is_fetched_directly_whatever_the_proxy(
+    redis_server, keys_dir, idp, real_redis, monkeypatch
+):
+    """http_proxy would carry an http:// fetch (allowed on loopback only) off the machine in the clear."""
+    with socket.create_server(("127.0.0.1", 0)) as proxy:  # listens, never answers: a fetch through it fails
+        monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        server = ServerProcess(
+            redis_server.url,
+            keys_dir,
+            workers=1,
+            user_jwks=idp.url,
+            user_issuer=idp.issuer,
+            user_audience=idp.audience,
+        )
+        try:
+            admitted(start(server, idp.token(new_user())))
+        finally:
+            server.stop()
+
+
 # --- observability --------------------------------------------------------------------------------
 
 
