@@ -46,7 +46,10 @@ export interface ConcurrencyClientOptions extends Partial<ScheduleSettings> {
   setTimeout?: (callback: () => void, ms: number) => unknown;
   /** Defaults to the global `clearTimeout`. */
   clearTimeout?: (handle: any) => void;
-  /** The clock in milliseconds; defaults to `Date.now`. */
+  /**
+   * A monotonic clock in milliseconds, for elapsed time (the schedule, the token's remaining life); defaults to
+   * `performance.now`. Not the wall clock: setting the system's time must not move it.
+   */
   now?: () => number;
   /** Jitter source in [0, 1); defaults to `Math.random`. */
   random?: () => number;
@@ -63,7 +66,10 @@ export interface StartRequest {
   streamId: string;
   /** Anonymous and trusted-caller modes; in user-token mode the user is the access token's `sub`. */
   userId?: string;
-  /** Cancels the start. */
+  /**
+   * Cancels the start: it rejects at once with the signal's reason. A request already sent is left to finish,
+   * and a session it created is stopped at once (one it only renewed, `updated`, is left alone).
+   */
   signal?: AbortSignal;
 }
 
@@ -178,7 +184,7 @@ export class ConcurrencySession extends EventTarget {
   readonly status: "initiated" | "updated";
   /** Lifetime of the current token in seconds. */
   readonly expiresIn: number;
-  /** When the current token expires, on the client's clock (ms). */
+  /** When the current token expires: a wall-clock time stamp (ms since the epoch, like `Date.now()`). */
   readonly expiresAt: number;
   /** True until the session ends. */
   readonly active: boolean;
@@ -191,7 +197,7 @@ export class ConcurrencySession extends EventTarget {
   readonly userId: string | undefined;
   /**
    * Stop the session (idempotent, never rejects): true once the service confirmed it is over, false if it
-   * could not be told (it then expires on its own).
+   * could not be told (it then expires on its own). A `pagehide` while it is unconfirmed sends it with `keepalive`.
    */
   stop(): Promise<boolean>;
 

@@ -110,7 +110,8 @@ export class ConcurrencyClient {
    * @param {typeof fetch} [options.fetch] Defaults to the global `fetch`.
    * @param {(fn: () => void, ms: number) => any} [options.setTimeout] Defaults to the global one.
    * @param {(handle: any) => void} [options.clearTimeout] Defaults to the global one.
-   * @param {() => number} [options.now] The clock, in milliseconds; defaults to `Date.now`.
+   * @param {() => number} [options.now] A monotonic clock in milliseconds, for elapsed time (the schedule, the
+   *   token's remaining life); defaults to `performance.now`. Not the wall clock: setting that must not move it.
    * @param {() => number} [options.random] Jitter source in [0, 1); defaults to `Math.random`.
    * @param {any} [options.window] Where page lifecycle events come from: defaults to the global `window` in
    *   a browser, none in Node. `null`: no lifecycle handling.
@@ -160,7 +161,7 @@ export class ConcurrencyClient {
       fetch: fetchImpl,
       setTimeout: options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),
       clearTimeout: options.clearTimeout ?? ((handle) => globalThis.clearTimeout(handle)),
-      now: options.now ?? (() => Date.now()),
+      now: options.now ?? (() => performance.now()),
       random: options.random ?? Math.random,
       window: win && typeof win.addEventListener === "function" ? win : null,
       stopOnPageHide: options.stopOnPageHide ?? true,
@@ -180,7 +181,8 @@ export class ConcurrencyClient {
    * @param {string} request.streamId
    * @param {string} [request.userId] Anonymous and trusted-caller modes; in user-token mode the user is the
    *   access token's subject (and `userId`, when given, must match it).
-   * @param {AbortSignal} [request.signal] Cancels the start.
+   * @param {AbortSignal} [request.signal] Cancels the start: it rejects at once with the signal's reason. A
+   *   request already sent is left to finish, and a session it created is stopped at once.
    * @returns {Promise<ConcurrencySession>} The admitted session, already heartbeating.
    * @throws {LimitReachedError} At the limit (403 `limit_reached`).
    * @throws {ConcurrencyError} Any other refusal, or no answer (`status` 0).
@@ -195,16 +197,31 @@ export class ConcurrencyClient {
       typeof ctx.accessToken === "function" ? await ctx.accessToken() : ctx.accessToken;
     const body = { deviceId, streamId };
     if (userId !== undefined) body.userId = userId;
+    signal?.throwIfAborted?.();
     const sentAt = ctx.now();
-    const answer = await send(ctx, "POST", "/v1/sessions", {
+    // The signal does not cancel the request itself: the service may have admitted the session already,
+    // and only the answer's token can free that slot before it expires.
+    const request = send(ctx, "POST", "/v1/sessions", {
       bearer: accessToken || undefined,
       json: body,
-      signal,
       timeoutMs: ctx.settings.requestTimeoutMs,
     });
-    if ((answer.status === 200 || answer.status === 201) && validSession(answer.body)) {
-      return new ConcurrencySession(INTERNAL, ctx, { ...body, ...answer.body }, sentAt);
+    const admit = (answer) =>
+      (answer.status === 200 || answer.status === 201) && validSession(answer.body)
+        ? new ConcurrencySession(INTERNAL, ctx, { ...body, ...answer.body }, sentAt)
+        : null;
+    let answer;
+    try {
+      answer = await untilAborted(request, signal);
+      signal?.throwIfAborted?.(); // aborted as the answer came: the caller has let go all the same
+    } catch (error) {
+      // A session this start created is released; one it renewed (`updated`) was live before and is not ours.
+      const release = (late) => late.body?.status !== "updated" && admit(late)?.stop();
+      if (signal?.aborted) request.then(release, () => {});
+      throw error;
     }
+    const session = admit(answer);
+    if (session) return session;
     throw errorFrom(answer);
   }
 }
@@ -224,7 +241,8 @@ export class ConcurrencySession extends EventTarget {
   #id;
   #token;
   #expiresIn;
-  #expiresAt;
+  #deadline; // when the token expires, on ctx.now's (monotonic) clock
+  #expiresAt; // the same, as a wall-clock time stamp for the caller
   #status;
   #timer = null;
   #nextAt = 0;
@@ -278,7 +296,10 @@ export class ConcurrencySession extends EventTarget {
     return this.#expiresIn;
   }
 
-  /** When the current token expires, on the client's clock (ms), counted from when its request was sent. */
+  /**
+   * When the current token expires, as a wall-clock time stamp (ms since the epoch, like `Date.now()`), counted
+   * from when its request was sent. For display and logs: the module's own timing does not use it.
+   */
   get expiresAt() {
     return this.#expiresAt;
   }
@@ -314,7 +335,7 @@ export class ConcurrencySession extends EventTarget {
       return this.#stopPromise;
     }
     this.#end("stopped");
-    this.#stopPromise = this.#sendStop();
+    this.#stopPromise = this.#sendStop(false);
     return this.#stopPromise;
   }
 
@@ -323,7 +344,8 @@ export class ConcurrencySession extends EventTarget {
     this.#token = answer.token;
     this.#expiresIn = answer.expiresIn;
     // The service's clock started the token no earlier than we sent the request: count from then.
-    this.#expiresAt = sentAt + answer.expiresIn * 1000;
+    this.#deadline = sentAt + answer.expiresIn * 1000;
+    this.#expiresAt = Math.round(Date.now() + (this.#deadline - this.#ctx.now()));
   }
 
   /** Plan the next heartbeat after an answer to a request sent at `sentAt`. */
@@ -365,7 +387,7 @@ export class ConcurrencySession extends EventTarget {
         bearer: this.#token,
         signal: controller.signal,
         // Waiting past the token's expiry is pointless; but give a late answer a second at least.
-        timeoutMs: Math.min(ctx.settings.requestTimeoutMs, Math.max(1000, this.#expiresAt - sentAt)),
+        timeoutMs: Math.min(ctx.settings.requestTimeoutMs, Math.max(1000, this.#deadline - sentAt)),
       });
     } catch (error) {
       if (this.#inFlight === controller) this.#inFlight = null;
@@ -391,7 +413,7 @@ export class ConcurrencySession extends EventTarget {
     } else if (retriable(status) || status === 200) {
       this.#retry(error); // 200 with a body that is not a session: a proxy's page, say
     } else if (status === 401) {
-      this.#end(ctx.now() >= this.#expiresAt ? "expired" : "invalid_token", error);
+      this.#end(ctx.now() >= this.#deadline ? "expired" : "invalid_token", error);
     } else {
       this.#end("error", error);
     }
@@ -407,7 +429,7 @@ export class ConcurrencySession extends EventTarget {
     if (error?.retryAfterMs != null) {
       delayMs = Math.max(delayMs, error.retryAfterMs * (1 + jitterRatio * ctx.random()));
     }
-    const lastChance = this.#expiresAt - finalAttemptMarginMs;
+    const lastChance = this.#deadline - finalAttemptMarginMs;
     const now = ctx.now();
     if (now >= lastChance) {
       this.#end("expired", error);
@@ -418,38 +440,47 @@ export class ConcurrencySession extends EventTarget {
     this.#dispatch("retry", { attempt: this.#attempt, delayMs, error });
   }
 
-  /** Send the stop, retrying 503s and network errors while the token is valid. */
-  async #sendStop() {
+  /**
+   * Send the stop (the first try with `keepalive` when the page is going away), retrying 503s and network
+   * errors while the token is valid. Until the service confirms it, a `pagehide` sends it again with
+   * `keepalive`: a request in flight or a retry waiting for its timer would die with the page.
+   */
+  async #sendStop(keepalive) {
     const ctx = this.#ctx;
     const { backoffInitialMs, backoffMaxMs, requestTimeoutMs, finalAttemptMarginMs } = ctx.settings;
-    for (let attempt = 1; ; attempt += 1) {
-      let error;
-      try {
-        const answer = await send(ctx, "DELETE", this.#path(), {
-          bearer: this.#token,
-          timeoutMs: requestTimeoutMs,
-        });
-        if (answer.status === 204 || answer.status === 410) return true;
-        error = errorFrom(answer);
-        if (!retriable(answer.status)) return false;
-      } catch (caught) {
-        error = caught;
+    const sendDelete = (keepalive) =>
+      send(ctx, "DELETE", this.#path(), { bearer: this.#token, timeoutMs: requestTimeoutMs, keepalive });
+    let confirmed = false;
+    const onPageHide = () =>
+      sendDelete(true).then((answer) => (confirmed ||= stopConfirmed(answer)), () => {});
+    ctx.window?.addEventListener("pagehide", onPageHide);
+    try {
+      for (let attempt = 1; !confirmed; attempt += 1) {
+        let error;
+        try {
+          const answer = await sendDelete(keepalive && attempt === 1);
+          if (stopConfirmed(answer)) return true;
+          error = errorFrom(answer);
+          if (!retriable(answer.status)) return confirmed;
+        } catch (caught) {
+          error = caught;
+        }
+        const backoff = Math.min(backoffMaxMs, backoffInitialMs * 2 ** (attempt - 1));
+        const delayMs = Math.max(backoff / 2 + (ctx.random() * backoff) / 2, error?.retryAfterMs ?? 0);
+        if (ctx.now() + delayMs >= this.#deadline - finalAttemptMarginMs) return confirmed;
+        await new Promise((resolve) => ctx.setTimeout(resolve, delayMs));
       }
-      const backoff = Math.min(backoffMaxMs, backoffInitialMs * 2 ** (attempt - 1));
-      const delayMs = Math.max(backoff / 2 + (ctx.random() * backoff) / 2, error?.retryAfterMs ?? 0);
-      if (ctx.now() + delayMs >= this.#expiresAt - finalAttemptMarginMs) return false;
-      await new Promise((resolve) => ctx.setTimeout(resolve, delayMs));
+      return true;
+    } finally {
+      ctx.window?.removeEventListener("pagehide", onPageHide);
     }
   }
 
-  /** The page is going away: stop with a request that outlives it. */
+  /** The page is going away (or hidden, if so asked): stop with a request that outlives it. */
   #stopKeepalive(trigger) {
     if (!this.active) return;
     this.#end("stopped", undefined, trigger);
-    this.#stopPromise = send(this.#ctx, "DELETE", this.#path(), { bearer: this.#token, keepalive: true }).then(
-      (answer) => answer.status === 204 || answer.status === 410,
-      () => false,
-    );
+    this.#stopPromise = this.#sendStop(true);
   }
 
   #end(reason, error, trigger) {
@@ -515,6 +546,11 @@ export class ConcurrencySession extends EventTarget {
 
 // --- HTTP -----------------------------------------------------------------------------------------------
 
+/** The service says the session is over: stopped now (204) or before (410). */
+function stopConfirmed(answer) {
+  return answer.status === 204 || answer.status === 410;
+}
+
 /** A status worth retrying: the store or a proxy is down for now, or we are asked to slow down. */
 function retriable(status) {
   return status === 408 || status === 429 || status >= 500;
@@ -540,6 +576,17 @@ function errorFrom({ status, body, retryAfterMs }) {
   const init = { status, code, body: json, retryAfterMs };
   if (status === 403 && code === "limit_reached") return new LimitReachedError(message, init);
   return new ConcurrencyError(message, init);
+}
+
+/** Settle as `promise` does, or reject with the signal's reason as soon as it aborts. */
+function untilAborted(promise, signal) {
+  if (!signal) return promise;
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason ?? new DOMException("The start was aborted", "AbortError"));
+    if (signal.aborted) onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 
 /** `Retry-After` in milliseconds: delta-seconds or an HTTP date; null when absent or unreadable. */

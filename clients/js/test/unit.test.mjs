@@ -399,3 +399,92 @@ test("coming back online retries at once instead of waiting out the backoff", as
   await env.clock.advance(0);
   assert.equal(s.token, "t1");
 });
+
+test("an aborted start rejects at once; a session the service admitted meanwhile is stopped", async () => {
+  const env = setup();
+  let answer;
+  env.net.reply(() => new Promise((resolve) => (answer = resolve)));
+  env.net.reply(() => new Response(null, { status: 204 }));
+  const controller = new AbortController();
+  const pending = env.client.start({ deviceId: "tv", streamId: "s", userId: "ann", signal: controller.signal });
+  await env.clock.advance(0);
+  controller.abort();
+  await assert.rejects(pending, { name: "AbortError" }); // before any answer came
+  answer(json(201, session("s1", "t0", 60, "initiated")));
+  await env.clock.advance(0);
+  const [, stop] = env.net.calls;
+  assert.equal(stop?.method, "DELETE", "the admitted session holds no slot");
+  assert.equal(stop.url, `${BASE}/v1/sessions/s1`);
+  assert.equal(bearerOf(stop), "Bearer t0");
+  assert.deepEqual(env.clock.pending(), []); // and it never heartbeats
+
+  // A start that only renewed the live session of this device and stream leaves it alone: it was not ours.
+  const renewing = new AbortController();
+  env.net.reply(() => new Promise((resolve) => (answer = resolve)));
+  const renewal = env.client.start({ deviceId: "tv", streamId: "s", userId: "ann", signal: renewing.signal });
+  await env.clock.advance(0);
+  renewing.abort();
+  await assert.rejects(renewal, { name: "AbortError" });
+  answer(json(200, session("s1", "t1", 60, "updated")));
+  await env.clock.advance(0);
+  assert.equal(env.net.calls.length, 3);
+});
+
+test("a pagehide while stop() is still retrying sends the stop with keepalive", async () => {
+  const window = new FakeWindow();
+  const env = setup({ window });
+  const { s } = await started(env);
+  env.net.reply(() => json(503, { error: "store_unavailable", message: "down" }, { "Retry-After": "2" }));
+  const stopping = s.stop();
+  await env.clock.advance(0);
+  env.net.reply(() => new Response(null, { status: 204 }));
+  window.dispatchEvent(new Event("pagehide"));
+  const [, , last] = env.net.calls;
+  assert.equal(last?.method, "DELETE");
+  assert.equal(last.keepalive, true);
+  assert.equal(bearerOf(last), "Bearer t0");
+  await env.clock.advance(2000); // a page that lives on (back/forward cache) sends nothing more
+  assert.equal(await stopping, true);
+  assert.equal(env.net.calls.length, 3);
+});
+
+test("a stop on hidden that meets a 503 is retried, and sent again with keepalive on pagehide", async () => {
+  const window = new FakeWindow();
+  const env = setup({ window, stopOnHidden: true });
+  const { s } = await started(env);
+  env.net.reply(() => json(503, { error: "store_unavailable", message: "down" }, { "Retry-After": "2" }));
+  window.hide();
+  await env.clock.advance(0);
+  assert.equal(env.net.calls[1].keepalive, true);
+  env.net.reply(() => new Response(null, { status: 204 }));
+  window.dispatchEvent(new Event("pagehide"));
+  assert.equal(env.net.calls[2]?.keepalive, true);
+  await env.clock.advance(2000);
+  assert.equal(await s.stop(), true);
+  assert.equal(env.net.calls.length, 3);
+});
+
+test("elapsed time is counted on a monotonic clock: a wall-clock jump neither ends nor stretches a session", async (t) => {
+  const wall = Date.now();
+  let jump = 0;
+  t.mock.method(Date, "now", () => wall + jump);
+  const env = setup({ now: undefined });
+  t.mock.method(performance, "now", env.clock.now);
+  const { s, events } = await started(env);
+  assert.equal(s.expiresAt, wall + 60000, "expiresAt stays a wall-clock time stamp");
+  jump = 3600_000; // the system clock is set an hour ahead
+  env.net.reply(() => json(503, { error: "store_unavailable", message: "down" }));
+  await env.clock.advance(30000);
+  assert.equal(s.active, true, "a failed heartbeat is retried, not ended as expired");
+  env.net.reply(() => json(200, session("s1", "t1")));
+  await env.clock.advance(env.clock.pending()[0]);
+  assert.equal(s.token, "t1");
+
+  jump = -3600_000; // ...and then an hour behind: failures still end when the token really expires
+  for (let i = 0; i < 20; i += 1) env.net.reply(() => json(503, { error: "store_unavailable", message: "down" }));
+  const renewed = env.clock.time;
+  for (let i = 0; i < 20 && s.active; i += 1) await env.clock.advance(env.clock.pending()[0]);
+  assert.equal(s.endReason, "expired");
+  assert.ok(env.clock.time - renewed <= 60000, "no retry past the token's real expiry");
+  assert.equal(events.filter(([type]) => type === "token").length, 1);
+});
