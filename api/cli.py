@@ -34,8 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(keys_cli.kids_as_positionals(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args) or 0
-    except (ConfigError, KeyStoreError, OSError) as exc:  # OSError: a key directory's owner may not, say
+    except (ConfigError, KeyStoreError) as exc:
         print(f"concurrency-service: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a key directory its owner cannot reach, say: a message, not a trace
+        if args.command != "keys":
+            raise
+        print(f"concurrency-service: {exc} (as uid {os.geteuid()})", file=sys.stderr)
         return 2
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pwd
 import stat
 import sys
 import time
@@ -44,7 +45,7 @@ def add_parser(
 
         def run_as_owner(args: argparse.Namespace) -> None:
             given = settings()
-            as_owner_of(args.dir or given.keys_dir)
+            args.dir = as_owner_of(args.dir or given.keys_dir)
             run(args, given)
 
         parser.set_defaults(run=run_as_owner)
@@ -95,28 +96,51 @@ def add_parser(
     )
 
 
-def as_owner_of(directory: str) -> None:
-    """Run as root (`sudo concurrency-service keys ...`), act as the key directory's owner, the service's
-    user: what is written there is the service's to read, and nothing in it (a symlink, a hard link, the
-    directory swapped for another) can lead root's powers elsewhere. As root, a symlinked directory is
-    refused, and so is a root-owned one whose parent others may change (they could swap it)."""
+def as_owner_of(directory: str) -> str:
+    """Run as root (`sudo concurrency-service keys ...`), make nothing on the way to the key directory
+    anyone else's to redirect; return the directory to work in.
+
+    A directory owned by another user (the service's) is worked in with that user's uid, primary group and
+    no other groups, taken before anything in it is touched: what is written there is the service's to
+    read, and no link or swapped directory can lead root's powers elsewhere. One yet to be made is made by
+    the owner of the directory it goes in. A root-owned one is resolved once, and every directory on its
+    real path must be root's alone: a path others may change between a check and a write is refused."""
     if os.geteuid() != 0:
-        return
-    try:
-        status = os.lstat(directory)
-    except FileNotFoundError:
-        return  # made by root, for root: `keys generate` makes it
-    if stat.S_ISLNK(status.st_mode):
-        raise KeyStoreError(f"{directory}: a symlink; as root, name the key directory itself")
+        return directory
+    path = os.path.realpath(directory)
+    owner = path
+    while not os.path.lexists(owner):  # a directory yet to be made: its maker owns where it goes
+        owner = os.path.dirname(owner)
+    status = os.stat(owner)
     if status.st_uid == 0:
-        parent = os.stat(os.path.dirname(os.path.abspath(directory)))
-        open_to_others = parent.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not parent.st_mode & stat.S_ISVTX
-        if parent.st_uid != 0 or open_to_others:
-            raise KeyStoreError(f"{directory}: others may replace it (its parent is not root's alone)")
-        return
+        _only_root_may_change(owner, path, sticky_will_do=owner == path)  # root adds to `owner` otherwise
+        return path
+    try:
+        gid = pwd.getpwuid(status.st_uid).pw_gid
+    except KeyError:  # a uid without an account (a container's): the directory's group
+        gid = status.st_gid
+    if gid == 0:
+        raise KeyStoreError(f"{owner}: its owner's group would be root's; give it the owner's own group")
     os.setgroups([])
-    os.setresgid(status.st_gid, status.st_gid, status.st_gid)
+    os.setresgid(gid, gid, gid)
     os.setresuid(status.st_uid, status.st_uid, status.st_uid)
+    return path
+
+
+def _only_root_may_change(path: str, directory: str, sticky_will_do: bool) -> None:
+    """Refuse unless `path` and every directory above it are root's, and writable by root alone (or sticky,
+    as /tmp, where others may not rename what root has there: for `path` itself, only if `sticky_will_do`)."""
+    while True:
+        status = os.lstat(path)
+        others = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if status.st_uid != 0 or (others and not (sticky_will_do and status.st_mode & stat.S_ISVTX)):
+            raise KeyStoreError(
+                f"{directory}: as root, every directory on its path must be root's alone, and {path} is not"
+                " (run the command as the key directory's owner)"
+            )
+        if path == "/":
+            return
+        path, sticky_will_do = os.path.dirname(path), True
 
 
 def duration(text: str) -> float:

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import pwd
 import shutil
 import subprocess
 import sys
@@ -165,8 +166,7 @@ def test_root_acts_as_the_owner_of_the_key_directory(reachable):
     victim.write_text("root's own\n")
     os.chmod(victim, 0o600)
     os.symlink(victim, directory / ".tmp-old")  # what a root prune would have unlinked: only the link
-    command = [sys.executable, "-m", "api.cli", "keys", "generate", "--dir", str(directory)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    done = as_root("generate", "--dir", str(directory))
     assert done.returncode == 0, done.stderr
     kid = done.stdout.strip()
     for name in (f"{kid}.pem", "keys.json", "keys.log", ".lock"):
@@ -175,23 +175,53 @@ def test_root_acts_as_the_owner_of_the_key_directory(reachable):
     assert victim.read_text() == "root's own\n" and os.stat(victim).st_uid == 0
 
 
+def as_root(*args, cwd=ROOT):
+    """Run `concurrency-service keys ARGS` in a process of its own (it may give up root's powers)."""
+    command = [sys.executable, "-m", "api.cli", "keys", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=cwd)
+
+
 @ROOT_ONLY
-def test_root_refuses_a_key_directory_that_others_could_swap(keys, tmp_path):
-    """A symlink, or a directory in a parent that others may write: whoever controls that could point
-    root's writes at any directory between its check and its writes."""
-    real = tmp_path / "real"
-    real.mkdir(mode=0o700)
-    (tmp_path / "link").symlink_to(real)
-    code, _, err = keys("list", "--dir", str(tmp_path / "link"))
-    assert code == 2 and "symlink" in err
-    shared = tmp_path / "shared"
-    shared.mkdir()
+def test_root_makes_a_missing_key_directory_as_the_owner_of_where_it_goes(reachable):
+    """`sudo scripts/run` in a user's checkout: the development keys are the user's, not root's."""
+    os.chown(reachable, 65534, 65534)
+    done = as_root("generate", "--dir", str(reachable / "dev-keys"))
+    assert done.returncode == 0, done.stderr
+    owner = os.stat(reachable / "dev-keys")
+    assert (owner.st_uid, owner.st_gid) == (65534, 65534)
+
+
+@ROOT_ONLY
+def test_root_works_with_the_owners_own_group_not_the_directorys(reachable):
+    """`chown svc dir` on a directory root made leaves it in root's group: that group is not taken."""
+    directory = reachable / "keys"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 65534, 0)
+    done = as_root("generate", "--dir", str(directory))
+    assert done.returncode == 0, done.stderr
+    assert os.stat(directory / "keys.json").st_gid == pwd.getpwuid(65534).pw_gid != 0
+
+
+@ROOT_ONLY
+def test_root_refuses_a_root_owned_key_directory_that_others_could_redirect(keys, tmp_path):
+    """Whoever may change a directory on the way could swap what the path names between root's check and
+    its writes; a path that is root's alone all the way is resolved once and used."""
+    os.chmod(tmp_path, 0o755)
+    mine, theirs, shared = (tmp_path / name for name in ("mine", "theirs", "shared"))
+    for parent in (mine, theirs, shared):
+        parent.mkdir()
+        (parent / "keys").mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
     os.chmod(shared, 0o777)  # not sticky: anyone may rename what is in it
-    (shared / "keys").mkdir(mode=0o700)
-    code, _, err = keys("list", "--dir", str(shared / "keys"))
-    assert code == 2 and "others may replace it" in err
+    for refused in (theirs / "keys", shared / "keys", shared / "new-keys"):
+        code, _, err = keys("list", "--dir", str(refused))
+        assert code == 2 and "as root, every directory on its path must be root's alone" in err, refused
+    (tmp_path / "link").symlink_to(mine)
+    assert keys("list", "--dir", str(tmp_path / "link" / "keys"))[0] == 0
     os.chmod(shared, 0o1777)  # sticky, as /tmp: only the owner renames its entries
     assert keys("list", "--dir", str(shared / "keys"))[0] == 0
+    code, _, err = keys("generate", "--dir", str(shared / "new-keys"))  # but anyone may add one first
+    assert code == 2 and "as root" in err and not (shared / "new-keys").exists()
 
 
 def key_starting_with_a_dash(keys):
