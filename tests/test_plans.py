@@ -403,19 +403,24 @@ class SilentProvider:
         self._listener.close()
 
 
+def one_worker_reading(redis_server, keys_dir, idp, jwks_url):
+    """The real service in user-token mode, one worker, reading the provider's keys from `jwks_url`."""
+    return ServerProcess(
+        redis_server.url,
+        keys_dir,
+        workers=1,
+        user_jwks=jwks_url,
+        user_issuer=idp.issuer,
+        user_audience=idp.audience,
+    )
+
+
 def test_a_provider_that_never_answers_holds_no_request(redis_server, keys_dir, idp, real_redis):
     """The JWKS is fetched off the request path: while a fetch hangs, the one worker answers on, and
     tokens of unknown keys do not make it fetch again and again (PyJWKClient fetched on the request's own
     thread, the worker's event loop, every time while the provider failed)."""
     provider = SilentProvider()
-    server = ServerProcess(
-        redis_server.url,
-        keys_dir,
-        workers=1,
-        user_jwks=provider.url,
-        user_issuer=idp.issuer,
-        user_audience=idp.audience,
-    )
+    server = one_worker_reading(redis_server, keys_dir, idp, provider.url)
     try:
         wait_until(lambda: provider.closed == 1, what="the fetch at start to time out")
         answer = start(server, idp.token(new_user()))
@@ -450,14 +455,7 @@ def test_a_jwks_url_that_redirects_is_not_followed(redis_server, keys_dir, idp, 
     threading.Thread(target=redirecting.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{redirecting.server_port}/jwks.json"
     fetches = idp.fetches
-    server = ServerProcess(
-        redis_server.url,
-        keys_dir,
-        workers=1,
-        user_jwks=url,
-        user_issuer=idp.issuer,
-        user_audience=idp.audience,
-    )
+    server = one_worker_reading(redis_server, keys_dir, idp, url)
     try:
         assert_unauthorized(start(server, idp.token(new_user())))
         assert idp.fetches == fetches and redis_state(real_redis) == {}
@@ -475,14 +473,7 @@ def test_a_loopback_jwks_url_is_fetched_directly_whatever_the_proxy(
         monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.getsockname()[1]}")
         monkeypatch.delenv("no_proxy", raising=False)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        server = ServerProcess(
-            redis_server.url,
-            keys_dir,
-            workers=1,
-            user_jwks=idp.url,
-            user_issuer=idp.issuer,
-            user_audience=idp.audience,
-        )
+        server = one_worker_reading(redis_server, keys_dir, idp, idp.url)
         try:
             admitted(start(server, idp.token(new_user())))
         finally:
