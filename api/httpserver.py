@@ -434,7 +434,7 @@ class Connection(asyncio.Protocol):
             return
         self._paused = True
         self._transport.pause_reading()
-        self._left_s = self._deadline - self._loop.time()  # the client cannot send on: its clock stops
+        self._left_s = self._deadline - self._loop.time()  # what it sends now waits unread: its clock stops
 
     def _resume_reading(self) -> None:
         self._paused = False

@@ -243,7 +243,7 @@ def _read_pem(path: str) -> bytes:
         raise KeyStoreError(f"{path}: private key file is missing") from None
     try:
         mode = os.fstat(fd).st_mode
-        data = b""  # reading a directory in its place fails; so do EIO and ESTALE
+        data = b""  # EIO or ESTALE (a network file system) fail here
         while len(data) <= MAX_PEM_BYTES and (chunk := os.read(fd, MAX_PEM_BYTES + 1 - len(data))):
             data += chunk
     except OSError as exc:
