@@ -97,50 +97,72 @@ def add_parser(
 
 
 def as_owner_of(directory: str) -> str:
-    """Run as root (`sudo concurrency-service keys ...`), make nothing on the way to the key directory
-    anyone else's to redirect; return the directory to work in.
+    """Run as root (`sudo concurrency-service keys ...`), let no one but root and the key directory's owner
+    decide where the command works; return the directory, resolved.
 
-    A directory owned by another user (the service's) is worked in with that user's uid, primary group and
-    no other groups, taken before anything in it is touched: what is written there is the service's to
-    read, and no link or swapped directory can lead root's powers elsewhere. One yet to be made is made by
-    the owner of the directory it goes in. A root-owned one is resolved once, and every directory on its
-    real path must be root's alone: a path others may change between a check and a write is refused."""
+    The path is walked one name at a time, symlinks included. Every directory and symlink met must be
+    root's or the owner's, and no directory met may be writable by others (a sticky one, as /tmp, may be,
+    as others may not rename what is not theirs there; not the one the key directory is to be made in).
+    The owner is that of the key directory, or, for one yet to be made, of the directory it goes in. The
+    command then runs with the owner's uid, primary group and no other groups (root's, if root owns it),
+    taken before anything is touched: what it writes is the owner's to read, and no link or swapped
+    directory can lead root's powers elsewhere."""
     if os.geteuid() != 0:
         return directory
-    path = os.path.realpath(directory)
-    owner = path
-    while not os.path.lexists(owner):  # a directory yet to be made: its maker owns where it goes
-        owner = os.path.dirname(owner)
-    status = os.stat(owner)
-    if status.st_uid == 0:
-        _only_root_may_change(owner, path, sticky_will_do=owner == path)  # root adds to `owner` otherwise
-        return path
-    try:
-        gid = pwd.getpwuid(status.st_uid).pw_gid
-    except KeyError:  # a uid without an account (a container's): the directory's group
-        gid = status.st_gid
-    if gid == 0:
-        raise KeyStoreError(f"{owner}: its owner's group would be root's; give it the owner's own group")
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(status.st_uid, status.st_uid, status.st_uid)
+    met, path, missing = _walk(os.path.join(os.getcwd(), directory))
+    owner = met[-1][1].st_uid
+    for name, status in met:
+        changeable = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(status.st_mode)
+        made_in = missing and name == met[-1][0]
+        if status.st_uid not in (0, owner) or (changeable and (made_in or not status.st_mode & stat.S_ISVTX)):
+            raise KeyStoreError(
+                f"{directory}: as root, every directory and link on its way must be root's or its owner's,"
+                f" and writable by them alone; {name} is not (run the command as the key directory's owner)"
+            )
+    if owner != 0:
+        try:
+            gid = pwd.getpwuid(owner).pw_gid
+        except KeyError:  # a uid without an account (a container's): the directory's group
+            gid = met[-1][1].st_gid
+        if gid == 0:
+            raise KeyStoreError(f"{path}: its owner's group would be root's; give it the owner's own group")
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(owner, owner, owner)
     return path
 
 
-def _only_root_may_change(path: str, directory: str, sticky_will_do: bool) -> None:
-    """Refuse unless `path` and every directory above it are root's, and writable by root alone (or sticky,
-    as /tmp, where others may not rename what root has there: for `path` itself, only if `sticky_will_do`)."""
-    while True:
-        status = os.lstat(path)
-        others = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if status.st_uid != 0 or (others and not (sticky_will_do and status.st_mode & stat.S_ISVTX)):
-            raise KeyStoreError(
-                f"{directory}: as root, every directory on its path must be root's alone, and {path} is not"
-                " (run the command as the key directory's owner)"
-            )
-        if path == "/":
-            return
-        path, sticky_will_do = os.path.dirname(path), True
+def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str, bool]:
+    """Resolve `path` one name at a time; return every directory and symlink met (the last: the key
+    directory, or the directory it goes in), the resolved path, and whether it is yet to be made."""
+    met = [("/", os.lstat("/"))]
+    at, names, links = "/", [name for name in path.split("/") if name], 0
+    while names:
+        name = names.pop(0)
+        if name in (".", ".."):
+            at = at if name == "." else os.path.dirname(at)
+            continue
+        here = os.path.join(at, name)
+        try:
+            status = os.lstat(here)
+        except FileNotFoundError:
+            return _ending_at(met, at), os.path.join(here, *names), True
+        met.append((here, status))
+        if stat.S_ISLNK(status.st_mode):
+            links += 1
+            if links > 40:
+                raise KeyStoreError(f"{path}: too many symbolic links")
+            target = os.readlink(here)
+            names = [name for name in target.split("/") if name] + names
+            at = "/" if target.startswith("/") else at
+        else:
+            at = here
+    return _ending_at(met, at), at, False
+
+
+def _ending_at(met: list[tuple[str, os.stat_result]], at: str) -> list[tuple[str, os.stat_result]]:
+    """`met`, with the directory the walk ended in last (`..` may have left another there)."""
+    return met if met[-1][0] == at else [*met, (at, os.lstat(at))]
 
 
 def duration(text: str) -> float:

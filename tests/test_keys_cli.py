@@ -202,6 +202,28 @@ def test_root_works_with_the_owners_own_group_not_the_directorys(reachable):
     assert os.stat(directory / "keys.json").st_gid == pwd.getpwuid(65534).pw_gid != 0
 
 
+REFUSED = "as root, every directory and link on its way must be root's or its owner's"
+
+
+@ROOT_ONLY
+def test_root_follows_no_link_of_a_third_user(reachable):
+    """A symlink of someone else's (uid 65534) leads nowhere: not into a directory only root may write,
+    not into another user's (65533) private one, not to a place yet to be made."""
+    os.chown(reachable, 65534, 65534)
+    root_only, private = reachable / "root-only", reachable / "private"
+    root_only.mkdir(mode=0o755)
+    os.chown(root_only, 0, 0)
+    private.mkdir(mode=0o700)
+    os.chown(private, 65533, 65533)
+    links = {"into-root-only": root_only, "into-private": private / "keys", "dangling": "/nonexistent/keys"}
+    for name, target in links.items():
+        os.symlink(target, reachable / name)
+        os.lchown(reachable / name, 65534, 65534)
+        done = as_root("generate", "--dir", str(reachable / name))
+        assert done.returncode == 2 and REFUSED in done.stderr, (name, done.stderr)
+    assert os.listdir(root_only) == [] and os.listdir(private) == [] and not os.path.exists("/nonexistent")
+
+
 @ROOT_ONLY
 def test_root_refuses_a_root_owned_key_directory_that_others_could_redirect(keys, tmp_path):
     """Whoever may change a directory on the way could swap what the path names between root's check and
@@ -215,7 +237,7 @@ def test_root_refuses_a_root_owned_key_directory_that_others_could_redirect(keys
     os.chmod(shared, 0o777)  # not sticky: anyone may rename what is in it
     for refused in (theirs / "keys", shared / "keys", shared / "new-keys"):
         code, _, err = keys("list", "--dir", str(refused))
-        assert code == 2 and "as root, every directory on its path must be root's alone" in err, refused
+        assert code == 2 and REFUSED in err, refused
     (tmp_path / "link").symlink_to(mine)
     assert keys("list", "--dir", str(tmp_path / "link" / "keys"))[0] == 0
     os.chmod(shared, 0o1777)  # sticky, as /tmp: only the owner renames its entries
