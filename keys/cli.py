@@ -102,19 +102,19 @@ def as_owner_of(directory: str) -> str:
 
     The path is walked one name at a time, symlinks included. Every directory and symlink met must be
     root's or the owner's, and no directory met may be writable by others (a sticky one, as /tmp, may be,
-    as others may not rename what is not theirs there; not the one the key directory is to be made in).
+    as others may not rename what is not theirs there; not the key directory, nor the one it goes in).
     The owner is that of the key directory, or, for one yet to be made, of the directory it goes in. The
     command then runs with the owner's uid, primary group and no other groups (root's, if root owns it),
     taken before anything is touched: what it writes is the owner's to read, and no link or swapped
     directory can lead root's powers elsewhere."""
     if os.geteuid() != 0:
         return directory
-    met, path, missing = _walk(os.path.join(os.getcwd(), directory))
+    met, path = _walk(os.path.join(os.getcwd(), directory))
     owner = met[-1][1].st_uid
     for name, status in met:
         changeable = status.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(status.st_mode)
-        made_in = missing and name == met[-1][0]
-        if status.st_uid not in (0, owner) or (changeable and (made_in or not status.st_mode & stat.S_ISVTX)):
+        last = name == met[-1][0]  # the key directory, or the one it is to be made in: sticky will not do
+        if status.st_uid not in (0, owner) or (changeable and (last or not status.st_mode & stat.S_ISVTX)):
             raise KeyStoreError(
                 f"{directory}: as root, every directory and link on its way must be root's or its owner's,"
                 f" and writable by them alone; {name} is not (run the command as the key directory's owner)"
@@ -132,9 +132,9 @@ def as_owner_of(directory: str) -> str:
     return path
 
 
-def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str, bool]:
+def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str]:
     """Resolve `path` one name at a time; return every directory and symlink met (the last: the key
-    directory, or the directory it goes in), the resolved path, and whether it is yet to be made."""
+    directory, or the directory it goes in) and the resolved path."""
     met = [("/", os.lstat("/"))]
     at, names, links = "/", [name for name in path.split("/") if name], 0
     while names:
@@ -146,7 +146,7 @@ def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str, bool]:
         try:
             status = os.lstat(here)
         except FileNotFoundError:
-            return _ending_at(met, at), os.path.join(here, *names), True
+            return _ending_at(met, at), os.path.join(here, *names)
         met.append((here, status))
         if stat.S_ISLNK(status.st_mode):
             links += 1
@@ -157,7 +157,7 @@ def _walk(path: str) -> tuple[list[tuple[str, os.stat_result]], str, bool]:
             at = "/" if target.startswith("/") else at
         else:
             at = here
-    return _ending_at(met, at), at, False
+    return _ending_at(met, at), at
 
 
 def _ending_at(met: list[tuple[str, os.stat_result]], at: str) -> list[tuple[str, os.stat_result]]:
