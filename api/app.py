@@ -40,8 +40,11 @@ def create_app(
     identity = identity or Identity(config)
     playback = Playback(concurrency, identity, config)
 
-    app = falcon.App(middleware=[Observe(Observer(metrics, config.access_log))], cors_enable=False)
-    app.req_options.strip_url_path_trailing_slash = True
+    app = falcon.App(
+        middleware=(Observe(Observer(metrics, config.access_log)), _OptionsAllowed()), cors_enable=False
+    )
+    # No: it made DELETE /v1/users/{u}/sessions/ (a session id left out) the kick of every session.
+    app.req_options.strip_url_path_trailing_slash = False
     add_error_handlers(app, config.retry_after_s)
 
     health = resources.Health()
@@ -58,6 +61,17 @@ def create_app(
     app.add_route("/openapi.yaml", resources.OpenApi(OPENAPI_PATH.read_bytes()))
     app.add_route("/metrics", MetricsResource(metrics))
     return app
+
+
+class _OptionsAllowed:
+    """Falcon's answer to OPTIONS lists the route's methods but not OPTIONS, which its 405 lists."""
+
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
+    ) -> None:
+        allow = resp.get_header("Allow")
+        if req.method == "OPTIONS" and allow and "OPTIONS" not in allow:
+            resp.set_header("Allow", f"{allow}, OPTIONS")
 
 
 def session_tokens(config: Config, keyring: Keyring) -> SessionTokens:

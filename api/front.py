@@ -214,6 +214,8 @@ def _environ(scope: Any, body: bytes) -> dict[str, Any]:
     }
     for name in dict.fromkeys(scope.headers.keys()):
         key = name.upper().replace("-", "_")
+        if "_" in name:  # If_None_Match would pass for If-None-Match, which a cache in front did not see
+            continue
         if key != "CONTENT_LENGTH":  # the body read is the length
             value = ",".join(scope.headers.get_all(name))
             environ["CONTENT_TYPE" if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value

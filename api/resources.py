@@ -106,8 +106,8 @@ class UserSessions:
         resp.status = falcon.HTTP_204
 
     def _authorize(self, req: falcon.Request, user_id: str) -> None:
-        _check_id("userId", user_id, self._max_id_chars)
         req.context.caller = self._identity.authorize_owner(req.get_header("Authorization"), user_id).name
+        _check_id("userId", user_id, self._max_id_chars)  # after: closed management is 403 to everything
 
 
 class Jwks:
@@ -170,5 +170,7 @@ class OpenApi:
 
 
 def _check_id(name: str, value: str, max_chars: int) -> None:
+    if not value:
+        raise BadRequest(f"{name} is empty", field=name)
     if len(value) > max_chars:
         raise BadRequest(f"{name} is longer than {max_chars} characters", field=name)

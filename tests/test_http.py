@@ -558,6 +558,9 @@ def test_jwks_publishes_public_keys_only_and_is_cacheable(server):
     again = server.request("GET", "/.well-known/jwks.json", headers={"If-None-Match": etag})
     assert again.status == 304
     assert again.body == b""
+    # A name with '_' is not the header with '-': a cache in front saw no condition, and must get the body
+    underscored = server.request("GET", "/.well-known/jwks.json", headers={"If_None_Match": etag})
+    assert underscored.status == 200 and underscored.json()["keys"] == keys
 
 
 def test_openapi_is_served(server):

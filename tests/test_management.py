@@ -10,6 +10,7 @@ import time
 import pytest
 from layout import live_sessions, redis_state, stored
 from players import (
+    DEFAULTS,
     admitted,
     assert_error,
     assert_gone,
@@ -164,6 +165,22 @@ def test_kicking_one_session_ends_it_and_frees_its_slot_at_once(managed, idp, re
     assert_error(kick(managed, alice.path(tv[0])), 404, "not_found")
     assert_error(kick(managed, alice.path(bobs[0])), 404, "not_found")  # not alice's session
     assert heartbeat(managed, *bobs).status == 200
+
+
+def test_a_kick_whose_session_id_was_left_out_kicks_nothing(admin_only, real_redis):
+    """`DELETE /v1/users/{u}/sessions/` (an id that came out empty) was the kick of every session."""
+    user = new_user()
+    sids = {admitted(start(admin_only, user=user, device=device))[0] for device in ("tv", "phone")}
+    body = assert_error(kick(admin_only, f"/v1/users/{user}/sessions/"), 400, "bad_request")
+    assert body["field"] == "sessionId"
+    assert set(live_sessions(real_redis, user)) == sids
+    assert assert_error(kick(admin_only, "/v1/users//sessions"), 400, "bad_request")["field"] == "userId"
+
+
+def test_closed_management_refuses_before_it_reads_the_path(server, real_redis):
+    """403 to every request when no one may manage, a malformed path included."""
+    for user in ("u" * (DEFAULTS.max_id_chars + 1), ""):
+        assert_error(server.request("GET", f"/v1/users/{user}/sessions"), 403, "forbidden")
 
 
 def test_kicking_all_sessions_ends_them_and_frees_every_slot(managed, idp, real_redis):
