@@ -518,8 +518,7 @@ class Connection(asyncio.Protocol):
         self._queue.clear()
         self._cancel_timers()
         if self._paused:
-            self._paused = False
-            transport.resume_reading()
+            self._resume_reading()  # to drain what comes (closing: no deadline is set again)
         transport.write_eof()  # after what is buffered: the client reads the answer, then the end
         self._lingering = self._loop.call_later(LINGER_S, self.close)
 
